@@ -1,0 +1,89 @@
+"""Streaming reads of HF checkpoint files: tensor by tensor, memory-mapped, no PyTorch model."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import ml_dtypes
+import numpy as np
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file is missing, malformed, or does not fit the model."""
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a .safetensors file and the byte offset where tensor data starts."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path}: not a safetensors file (too short)")
+        (size,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(f.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: not a safetensors file ({err})") from err
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, array) from one .safetensors file; arrays are read-only views of a memory map."""
+    header, start = safetensors_header(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+    for name, info in header.items():
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        yield name, data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of an HF checkpoint folder: sharded (index), single safetensors, or pytorch_model.bin."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: shard(s) listed in the index are missing: {missing}")
+        return files
+    single = sorted(folder.glob("*.safetensors"))
+    if single:
+        return single
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    raise CheckpointError(f"{folder}: no model.safetensors(.index.json) or pytorch_model.bin found")
+
+
+def iter_tensors(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor of a checkpoint folder, one at a time; a name seen twice is an error."""
+    seen: set[str] = set()
+    for path in checkpoint_files(folder):
+        for name, array in (_read_torch_bin(path) if path.suffix == ".bin" else read_safetensors(path)):
+            if name in seen:
+                raise CheckpointError(f"{path}: tensor {name!r} appears more than once in the checkpoint")
+            seen.add(name)
+            yield name, array
+
+
+def _read_torch_bin(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    try:
+        import torch
+    except ImportError as err:
+        raise CheckpointError(f"{path}: reading pytorch_model.bin needs PyTorch (pip install torch)") from err
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    for name in list(state):
+        tensor = state.pop(name)
+        if tensor.dtype == torch.bfloat16:
+            yield name, tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            yield name, tensor.numpy()

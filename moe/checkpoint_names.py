@@ -1,0 +1,56 @@
+"""Checkpoint name maps: each family is a table of (HF tensor name regex, parameter path template, transform).
+
+Transforms (applied by moe.convert):
+- "copy": as stored;                          "linear": [out, in] -> kernel [in, out];
+- "expert_linear": one expert's [out, in] -> slot {e} of a stacked [E, in, out];
+- "fused_linear": stacked [E, out, in] -> [E, in, out];
+- "fused_gate_up": [E, 2F, D] (gate rows first, then up rows) -> gate [E, D, F] and up [E, D, F].
+Templates use the regex's named groups; "{proj}" is mapped through PROJ to our module names.
+"""
+from __future__ import annotations
+
+Rule = tuple[str, str, str]
+L = r"model\.layers\.(?P<i>\d+)\."
+PROJ = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+        "down_proj": "down", "w1": "gate", "w3": "up", "w2": "down"}
+
+DECODER: list[Rule] = [
+    (r"model\.embed_tokens\.weight", "embed", "copy"),
+    (r"model\.norm\.weight", "final_norm/scale", "copy"),
+    (r"lm_head\.weight", "lm_head/kernel", "linear"),
+    (L + r"input_layernorm\.weight", "layers_{i}/input_norm/scale", "copy"),
+    (L + r"post_attention_layernorm\.weight", "layers_{i}/post_norm/scale", "copy"),
+    (L + r"self_attn\.(?P<proj>[qkvo]_proj)\.weight", "layers_{i}/attn/{proj}/kernel", "linear"),
+    (L + r"self_attn\.(?P<proj>[qkvo]_proj)\.bias", "layers_{i}/attn/{proj}/bias", "copy"),
+    (L + r"self_attn\.(?P<qk>[qk])_norm\.weight", "layers_{i}/attn/{qk}_norm/scale", "copy"),
+]
+
+MOE_MLP: list[Rule] = [  # OLMoE, Qwen2/3-MoE: per-expert or fused experts under `mlp`
+    (L + r"mlp\.gate\.weight", "layers_{i}/moe/router/proj/kernel", "linear"),
+    (L + r"mlp\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight", "layers_{i}/moe/{proj}",
+     "expert_linear"),
+    (L + r"mlp\.experts\.gate_up_proj", "layers_{i}/moe", "fused_gate_up"),
+    (L + r"mlp\.experts\.down_proj", "layers_{i}/moe/down", "fused_linear"),
+    (L + r"mlp\.(?P<proj>gate_proj|up_proj|down_proj)\.weight", "layers_{i}/mlp/{proj}/kernel", "linear"),
+]
+
+SHARED_EXPERT: list[Rule] = [  # Qwen2-MoE
+    (L + r"mlp\.shared_expert\.(?P<proj>gate_proj|up_proj|down_proj)\.weight",
+     "layers_{i}/moe/shared_expert/{proj}/kernel", "linear"),
+    (L + r"mlp\.shared_expert_gate\.weight", "layers_{i}/moe/shared_gate/kernel", "linear"),
+]
+
+MIXTRAL: list[Rule] = [
+    (L + r"(?:block_sparse_moe|mlp)\.gate\.weight", "layers_{i}/moe/router/proj/kernel", "linear"),
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\.(?P<proj>w[123])\.weight", "layers_{i}/moe/{proj}",
+     "expert_linear"),
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.gate_up_proj", "layers_{i}/moe", "fused_gate_up"),
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.down_proj", "layers_{i}/moe/down", "fused_linear"),
+]
+
+NAME_MAPS: dict[str, list[Rule]] = {
+    "olmoe": DECODER + MOE_MLP,
+    "qwen3_moe": DECODER + MOE_MLP,
+    "qwen2_moe": DECODER + MOE_MLP + SHARED_EXPERT,
+    "mixtral": DECODER + MIXTRAL,
+}

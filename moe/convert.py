@@ -1,0 +1,208 @@
+"""HF checkpoint -> parameters of MoeTransformer, streamed tensor by tensor, and the orbax format.
+
+Every checkpoint tensor is used exactly once and every parameter is filled, or conversion fails naming
+what is missing or left over. Written folders appear atomically (a temporary sibling, renamed at the end).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe.checkpoint_files import CheckpointError, iter_tensors
+from moe.checkpoint_names import NAME_MAPS, PROJ
+from moe.config import ModelConfig
+from moe.families import config_from_hf
+from moe.model import MoeTransformer
+
+CONFIG_FILE = "moe_config.json"
+PARAMS_DIR = "params"
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def read_hf_config(folder: Path) -> ModelConfig:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (not an HF checkpoint folder)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err})") from err
+    return config_from_hf(raw, str(path))
+
+
+def abstract_params(config: ModelConfig, dtype: Any = jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
+    """Flat {path: ShapeDtypeStruct} of the model's parameters, without allocating them."""
+    model = MoeTransformer(config, dtype=dtype)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    return {"/".join(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | None, np.ndarray]]:
+    """Where one checkpoint tensor goes: [(param path, expert slot or None, value)]; [] if no rule matches."""
+    for pattern, template, transform in rules:
+        m = re.fullmatch(pattern, name)
+        if not m:
+            continue
+        groups = {k: PROJ.get(v, v) for k, v in m.groupdict().items() if v is not None}
+        target = template.format(**groups)
+        if transform == "copy":
+            return [(target, None, array)]
+        if transform == "linear":
+            return [(target, None, array.T)]
+        if transform == "expert_linear":
+            return [(target, int(groups["e"]), array.T)]
+        if transform == "fused_linear":
+            return [(target, None, array.transpose(0, 2, 1))]
+        if transform == "fused_gate_up":
+            half = array.shape[1] // 2
+            return [(target + "/gate", None, array[:, :half].transpose(0, 2, 1)),
+                    (target + "/up", None, array[:, half:].transpose(0, 2, 1))]
+        raise AssertionError(f"unknown transform {transform}")
+    return []
+
+
+def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype: Any = jnp.float32,
+                    rules=None) -> dict[str, Any]:
+    """Fill the model's parameters from (name, array) pairs; raises CheckpointError on any mismatch."""
+    rules = NAME_MAPS[config.family] if rules is None else rules
+    targets = abstract_params(config, dtype)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    buffers: dict[str, np.ndarray] = {}
+    filled: dict[str, np.ndarray] = {}  # per-path flags over expert slots (one flag for whole tensors)
+    unexpected, problems = [], []
+    for name, array in tensors:
+        if config.tie_embeddings and name == "lm_head.weight":
+            continue  # a tied head is the embedding stored twice
+        places = _placements(name, array, rules)
+        if not places:
+            unexpected.append(name)
+            continue
+        for path, slot, value in places:
+            if path not in targets:
+                unexpected.append(f"{name} (-> {path}, which this config does not have)")
+                continue
+            shape = targets[path].shape
+            want = shape if slot is None else shape[1:]
+            if tuple(value.shape) != tuple(want) or (slot is not None and not 0 <= slot < shape[0]):
+                problems.append(f"{name}: shape {tuple(value.shape)} (slot {slot}) does not fit {path} {shape}")
+                continue
+            buf = buffers.setdefault(path, np.empty(shape, np_dtype))
+            flags = filled.setdefault(path, np.zeros(shape[0] if slot is not None else 1, bool))
+            key = slot if slot is not None else 0
+            if flags[key]:
+                problems.append(f"{name}: {path} filled twice")
+                continue
+            if slot is None:
+                buf[...] = value.astype(np_dtype)
+            else:
+                buf[slot] = value.astype(np_dtype)
+            flags[key] = True
+    missing = [p for p in targets if p not in filled or not filled[p].all()]
+    messages = []
+    if problems:
+        messages.append("shape/duplicate problems: " + "; ".join(problems[:20]))
+    if unexpected:
+        messages.append(f"{len(unexpected)} checkpoint tensor(s) left over (no parameter takes them): "
+                        + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
+    if missing:
+        detail = [p if p not in filled else f"{p} (experts {np.flatnonzero(~filled[p]).tolist()})" for p in missing]
+        messages.append(f"{len(missing)} parameter(s) not filled by the checkpoint: " + ", ".join(detail[:20])
+                        + (" ..." if len(detail) > 20 else ""))
+    if messages:
+        raise CheckpointError("checkpoint does not match the model: " + " | ".join(messages))
+    return _unflatten({p: jnp.asarray(buffers.pop(p)) for p in list(buffers)})
+
+
+def convert_hf_folder(folder: Path, dtype: Any = jnp.float32) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read config.json and the weights of an HF checkpoint folder."""
+    folder = Path(folder)
+    config = read_hf_config(folder)
+    return config, convert_tensors(config, iter_tensors(folder), dtype)
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+    return ocp.StandardCheckpointer()
+
+
+def save_converted(out_dir: Path, config: ModelConfig, params: dict[str, Any], side_files_from: Path | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write config + orbax params (+ tokenizer/config side files) to out_dir atomically."""
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another output folder or pass overwrite=True")
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir()
+        ckpt = _checkpointer()
+        ckpt.save(tmp / PARAMS_DIR, params)
+        ckpt.wait_until_finished()
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+        for name in SIDE_FILES if side_files_from else ():
+            if (Path(side_files_from) / name).is_file():
+                shutil.copy2(Path(side_files_from) / name, tmp / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_converted(folder: Path, dtype: Any = jnp.float32) -> tuple[ModelConfig, dict[str, Any]]:
+    folder = Path(folder).absolute()
+    config = ModelConfig.from_json((folder / CONFIG_FILE).read_text())
+    target = _unflatten(abstract_params(config, dtype))
+    params = _checkpointer().restore(folder / PARAMS_DIR, target)
+    return config, params
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A local model folder, or an HF hub id downloaded with huggingface_hub (needs a network)."""
+    local = Path(path)
+    if local.exists():
+        if not local.is_dir():
+            raise FileNotFoundError(f"{path}: not a model folder (a file was given)")
+        return local
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.jinja",
+                                                                       "tokenizer*", "*.txt"]))
+        except Exception as err:  # network or hub errors: say what was tried
+            raise FileNotFoundError(f"{path}: no such local folder, and downloading it from the HF hub failed: "
+                                    f"{err}") from err
+    raise FileNotFoundError(f"{path}: no such model folder")
+
+
+def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto"):
+    """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, or a hub id."""
+    folder = resolve_model_path(path)
+    if (folder / CONFIG_FILE).is_file():
+        config, params = load_converted(folder, dtype)
+    elif (folder / "config.json").is_file():
+        config, params = convert_hf_folder(folder, dtype)
+    else:
+        raise FileNotFoundError(f"{folder}: not a model folder (no config.json or {CONFIG_FILE})")
+    return MoeTransformer(config, dispatch=dispatch, dtype=dtype), params

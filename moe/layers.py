@@ -1,0 +1,150 @@
+"""Building blocks of the decoder: norms, rotary embeddings, attention, dense MLP."""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe.config import ModelConfig
+
+Array = jax.Array
+
+
+class Norm(nn.Module):
+    """RMSNorm (weight only) or LayerNorm (weight and bias), computed in float32 like HF."""
+
+    kind: str
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (dim,), self.dtype)
+        h = x.astype(jnp.float32)
+        if self.kind == "rms":
+            h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+            return scale * h.astype(x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (dim,), self.dtype)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class Linear(nn.Module):
+    """x @ kernel (+ bias); kernel is stored [in, out]."""
+
+    features: int
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.dtype)
+        y = jnp.dot(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype).astype(x.dtype)
+        return y
+
+
+def rope_tables(config: ModelConfig, positions: Array, seq_len: int) -> tuple[Array, Array]:
+    """cos and sin tables [batch, seq, rotary_dim] for the given integer positions [batch, seq]."""
+    rotary_dim = int(config.head_dim * config.partial_rotary_factor)
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+    scaling = 1.0
+    if config.rope_kind == "linear":
+        inv_freq = inv_freq / config.rope_param("factor")
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate-half rotary embedding of x [batch, seq, heads, head_dim] (the leading rotary_dim channels)."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    half = rot // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
+
+
+def attention_mask(query_pos: Array, key_pos: Array, key_valid: Array, window: int | None) -> Array:
+    """Boolean [batch, q, k]: causal over array indices, keys that are real tokens, optional sliding window.
+
+    `query_pos`/`key_pos` are the array (cache slot) indices [q] and [k]; `key_valid` is [batch, k].
+    """
+    allowed = key_pos[None, :] <= query_pos[:, None]
+    if window is not None:
+        allowed = allowed & (key_pos[None, :] > query_pos[:, None] - window)
+    return allowed[None] & key_valid[:, None, :].astype(bool)
+
+
+def dot_attention(q: Array, k: Array, v: Array, mask: Array, scale: float, sinks: Array | None = None) -> Array:
+    """Grouped-query attention. q [b, s, h, d], k/v [b, t, kv, d], mask [b, s, t]; softmax in float32.
+
+    `sinks` [h] are per-head logits that join the softmax and are then dropped (GPT-OSS).
+    """
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, s, kv, h // kv, d)
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k).astype(jnp.float32) * scale
+    big_negative = jnp.finfo(jnp.float32).min
+    logits = jnp.where(mask[:, None, None, :, :], logits, big_negative)
+    if sinks is not None:
+        sink = jnp.broadcast_to(sinks.astype(jnp.float32).reshape(1, kv, h // kv, 1, 1), logits.shape[:-1] + (1,))
+        logits = jnp.concatenate([logits, sink], axis=-1)
+        probs = jax.nn.softmax(logits, axis=-1)[..., :-1]
+    else:
+        probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v)
+    return out.reshape(b, s, h * d)
+
+
+class Attention(nn.Module):
+    """Self-attention with the family's projections, q/k norm, clipping, RoPE and optional sinks."""
+
+    config: ModelConfig
+    window: int | None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, cache=None) -> tuple[Array, object]:
+        c = self.config
+        b, s, _ = x.shape
+        q = Linear(c.num_heads * c.head_dim, c.qkv_bias, self.dtype, name="q")(x)
+        k = Linear(c.num_kv_heads * c.head_dim, c.qkv_bias, self.dtype, name="k")(x)
+        v = Linear(c.num_kv_heads * c.head_dim, c.qkv_bias, self.dtype, name="v")(x)
+        if c.qk_norm == "projection":
+            q = Norm("rms", c.norm_eps, self.dtype, name="q_norm")(q)
+            k = Norm("rms", c.norm_eps, self.dtype, name="k_norm")(k)
+        if c.clip_qkv is not None:
+            q, k, v = (jnp.clip(t, -c.clip_qkv, c.clip_qkv) for t in (q, k, v))
+        q = q.reshape(b, s, c.num_heads, c.head_dim)
+        k = k.reshape(b, s, c.num_kv_heads, c.head_dim)
+        v = v.reshape(b, s, c.num_kv_heads, c.head_dim)
+        if c.qk_norm == "head":
+            q = Norm("rms", c.norm_eps, self.dtype, name="q_norm")(q)
+            k = Norm("rms", c.norm_eps, self.dtype, name="k_norm")(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v, cache = cache.update(k, v)
+        sinks = self.param("sinks", nn.initializers.zeros, (c.num_heads,), self.dtype) if c.attention_sinks else None
+        out = dot_attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim), sinks)
+        return Linear(c.hidden_size, c.o_bias, self.dtype, name="o")(out), cache
+
+
+class DenseMLP(nn.Module):
+    """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+    hidden: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        gate = Linear(self.hidden, dtype=self.dtype, name="gate")(x)
+        up = Linear(self.hidden, dtype=self.dtype, name="up")(x)
+        return Linear(x.shape[-1], dtype=self.dtype, name="down")(jax.nn.silu(gate) * up)
