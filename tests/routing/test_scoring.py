@@ -1,0 +1,130 @@
+"""Evaluation maths: extraction by hand, intervals, McNemar and correlations against scipy."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from routing import scoring
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 42.", 42.0),
+        ("So she pays $1,200 in total.", 1200.0),
+        ("1,234,567.89 apples", 1234567.89),
+        ("It drops to -5 degrees", -5.0),
+        ("x = −7", -7.0),
+        ("costs 3.50 dollars", 3.5),
+        ("18 dollars", 18.0),
+        ("5kg of flour and 12 eggs", 12.0),
+        ("from 3-5 days", 5.0),
+        ("first 10, then 20, finally 30", 30.0),
+        ("3,5", 5.0),
+        ("1.234", 1.234),
+        ("1e5", 1.0),
+        ("about .5 of it", 0.5),
+        ("Answer: 50%.", 50.0),
+        ("答案是42", 42.0),
+        ("উত্তর ৪২", 42.0),
+        ("１２３", 123.0),
+        ("1\u202f234 €", 1234.0),
+        ("version x2 and 7", 7.0),
+        ("no number here", None),
+        ("", None),
+        ("-$5", -5.0),
+        ("$-5", -5.0),
+    ],
+)
+def test_extract_last_number(text, expected):
+    assert scoring.extract_last_number(text) == expected
+
+
+def test_numbers_match():
+    assert scoring.numbers_match(42.0, 42)
+    assert scoring.numbers_match(0.1 + 0.2, 0.3)
+    assert scoring.numbers_match(-0.0, 0)
+    assert not scoring.numbers_match(None, 42)
+    assert not scoring.numbers_match(42.01, 42)
+
+
+def test_accuracy_and_wilson():
+    assert scoring.accuracy([True, False, True, True]) == 0.75
+    for k, n, conf in [(30, 100, 0.95), (0, 10, 0.95), (10, 10, 0.9), (1, 3, 0.99), (517, 1000, 0.95)]:
+        ref = stats.binomtest(k, n).proportion_ci(conf, method="wilson")
+        est, lo, hi = scoring.wilson_interval(k, n, conf)
+        assert est == k / n and lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
+    est, lo, hi = scoring.wilson_interval(30, 100)
+    assert scoring.wilson_interval(0, 10).low == 0.0 and scoring.wilson_interval(10, 10).high == 1.0
+    narrow, wide = scoring.wilson_interval(30, 100, 0.5), scoring.wilson_interval(30, 100, 0.99)
+    assert wide.low < lo < narrow.low < 0.3 < narrow.high < hi < wide.high
+    for bad in [(5, 0), (11, 10), (-1, 10)]:
+        with pytest.raises(ValueError):
+            scoring.wilson_interval(*bad)
+    with pytest.raises(ValueError):
+        scoring.accuracy([])
+    with pytest.raises(ValueError):
+        scoring.accuracy([0, 2])
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 3), (1, 9), (12, 4), (0, 25), (40, 61)])
+def test_mcnemar_matches_binomtest(b, c):
+    both, neither = 7, 5
+    base = np.array([1] * b + [0] * c + [1] * both + [0] * neither, bool)
+    steer = np.array([0] * b + [1] * c + [1] * both + [0] * neither, bool)
+    expected = 1.0 if b + c == 0 else stats.binomtest(min(b, c), b + c, 0.5).pvalue
+    assert scoring.mcnemar_test(base, steer) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="same items"):
+        scoring.mcnemar_test(base, steer[:-1])
+
+
+def test_paired_bootstrap_ci():
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.6
+    steer = np.where(rng.random(400) < 0.1, ~base, base)
+    ci = scoring.paired_bootstrap_ci(base, steer, n_boot=2000, seed=1)
+    assert ci == scoring.paired_bootstrap_ci(base, steer, n_boot=2000, seed=1)
+    assert ci.estimate == pytest.approx(steer.mean() - base.mean())
+    assert ci.low < ci.estimate < ci.high
+    # close to the normal approximation of the paired difference
+    d = steer.astype(float) - base
+    se = d.std() / math.sqrt(d.size)
+    assert ci.low == pytest.approx(d.mean() - 1.96 * se, abs=0.01)
+    assert ci.high == pytest.approx(d.mean() + 1.96 * se, abs=0.01)
+    assert tuple(scoring.paired_bootstrap_ci(base, base, n_boot=50)) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("n, seed", [(3, 0), (5, 1), (15, 2), (40, 3), (200, 4)])
+def test_correlations_match_scipy(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = 0.5 * x + rng.normal(size=n)
+    r, p = scoring.pearson(x, y)
+    ref = stats.pearsonr(x, y)
+    assert r == pytest.approx(ref.statistic, abs=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-8, abs=1e-15)
+    xt, yt = np.round(x), np.round(y)  # with ties
+    rho, p = scoring.spearman(xt, yt)
+    ref = stats.spearmanr(xt, yt)
+    assert rho == pytest.approx(ref.statistic, abs=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-8, abs=1e-15)
+
+
+def test_correlation_edge_cases():
+    assert scoring.pearson([1, 2, 3, 4], [2, 4, 6, 8]) == (1.0, 0.0)
+    assert all(math.isnan(v) for v in scoring.pearson([1, 1, 1], [1, 2, 3]))
+    np.testing.assert_array_equal(scoring.rank_average([3, 1, 3, 2]), stats.rankdata([3, 1, 3, 2]))
+    with pytest.raises(ValueError):
+        scoring.pearson([1, 2], [1, 2])
+    with pytest.raises(ValueError):
+        scoring.spearman([1, 2, 3], [1, 2])
+
+
+def test_choose_option():
+    options = [[-1.0, -1.0, -1.0], [-2.5], [-0.9, -1.2]]
+    assert scoring.choose_option(options) == 2  # sums -3, -2.5, -2.1
+    assert scoring.choose_option(options, length_normalized=True) == 0  # means -1, -2.5, -1.05
+    assert scoring.choose_option([[-1.0], [-1.0]]) == 0
+    assert scoring.choose_option([[-np.inf], [-50.0]]) == 1
+    for bad in [[], [[-1.0], []], [[np.nan], [-1.0]]]:
+        with pytest.raises(ValueError):
+            scoring.choose_option(bad)
