@@ -57,6 +57,7 @@ def _sorted_assignments(index: Array, weights: Array, num_experts: int):
 
 def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, block: int = 128) -> Array:
     """Sorted, block-padded per-expert matmuls under lax.scan."""
+    p = {name: jnp.asarray(value) for name, value in p.items()}
     num_tokens, num_experts = x.shape[0], p["gate"].shape[0]
     n = index.size
     block = min(block, max(8, n))
