@@ -1,0 +1,36 @@
+"""Data sets as TFDS builders (array_record, read with ``as_data_source``, no TensorFlow) and tokenization.
+
+    from routing.data import Flores200, read_records, load_tokenizer, tokenize_records, length_buckets
+    builder = Flores200(languages=["eng_Latn", "arb_Arab"], source_dir="../shared/data", data_dir="/tmp/tfds")
+    builder.download_and_prepare()
+    passages = read_records(builder, "devtest")
+    batches = tokenize_records(load_tokenizer(path), passages, chat=True, batch_size=8,
+                               buckets=length_buckets(1024), key=("passage_id", "language"))
+"""
+from routing.data.belebele import Belebele
+from routing.data.flores import Flores200, Flores200Config, flores_config
+from routing.data.languages import (
+    FLORES_200_LANGUAGES,
+    PAPER_LANGUAGES,
+    flores_code,
+    flores_languages,
+    validate_flores_languages,
+)
+from routing.data.math_problems import Gsm8k, Mgsm, parse_number
+from routing.data.medical import MedicalMcq, MedInstruct
+from routing.data.source import SourceBuilder, read_records
+from routing.data.tokenize import (
+    TokenBatch,
+    bucket_batches,
+    encode_texts,
+    length_buckets,
+    load_tokenizer,
+    tokenize_records,
+)
+
+__all__ = [
+    "Belebele", "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
+    "Mgsm", "PAPER_LANGUAGES", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts", "flores_code",
+    "flores_config", "flores_languages", "length_buckets", "load_tokenizer", "parse_number", "read_records",
+    "tokenize_records", "validate_flores_languages",
+]

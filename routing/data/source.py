@@ -1,0 +1,118 @@
+"""The base TFDS builder of this package (local folder or download, array_record files) and record reading.
+
+TensorFlow is not needed: TFDS writes array_record files with its NumPy example serializer and
+``as_data_source`` reads them back through ``array_record`` alone. Text features come back as ``bytes``;
+``read_records`` decodes them to ``str``.
+
+One TFDS quirk is worked around here: for a builder defined inside a package, TFDS 4.9 looks up its
+``code_path`` through ``importlib_resources`` (a backport it only declares for Python < 3.9), so
+``download_and_prepare`` fails without that package. ``SourceBuilder`` sets ``code_path`` to the
+builder's source file, which is what TFDS itself falls back to.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+
+class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder that reads files named by their path inside a data folder laid out like ``shared/data``.
+
+    With ``source_dir`` the files are read from that folder; without it they are downloaded from
+    ``SOURCE_URLS`` (relative path -> public URL) through TFDS's download manager. Builders whose data
+    has no stable public URL leave ``SOURCE_URLS`` empty and need ``source_dir``. Prepared files go to
+    ``data_dir`` (TFDS's own argument); reading them back needs no ``source_dir``. Builders are not
+    registered with TFDS by name (``tfds.builder``); construct the classes directly.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    SOURCE_URLS: Mapping[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        kwargs.setdefault("skip_registration", True)
+        super().__init_subclass__(**kwargs)
+        cls.code_path = epath.Path(inspect.getfile(cls))
+
+    def __init__(self, *, source_dir: str | Path | None = None, **kwargs: Any):
+        kwargs.setdefault("file_format", tfds.core.FileFormat.ARRAY_RECORD)
+        self.source_dir = None if source_dir is None else Path(source_dir)
+        super().__init__(**kwargs)
+
+    def _make_info(self, features: dict[str, Any], description: str, homepage: str) -> tfds.core.DatasetInfo:
+        """DatasetInfo that keeps generation order (so row index order is the source's order)."""
+        return tfds.core.DatasetInfo(
+            builder=self, description=description, features=tfds.features.FeaturesDict(features),
+            homepage=homepage, disable_shuffling=True,
+        )
+
+    def _locate(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
+        """Local paths of ``relpaths``; FileNotFoundError naming the first one missing."""
+        if self.source_dir is not None:
+            paths = {rel: self.source_dir / rel for rel in relpaths}
+        else:
+            paths = self._download(dl_manager, relpaths)
+        for path in paths.values():
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.name}: source file not found: {path}")
+        return paths
+
+    def _download(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
+        """Download ``relpaths`` from their public URLs."""
+        unknown = [rel for rel in relpaths if rel not in self.SOURCE_URLS]
+        if unknown:
+            raise ValueError(f"{self.name}: no public download source for {unknown}; "
+                             "pass source_dir= a folder laid out like shared/data")
+        downloaded = dl_manager.download({rel: self.SOURCE_URLS[rel] for rel in relpaths})
+        return {rel: Path(path) for rel, path in downloaded.items()}
+
+    def _source_glob(self, folder: str, pattern: str, *, allow_empty: bool = False) -> list[str]:
+        """Relative paths under ``source_dir/folder`` matching ``pattern``, sorted; needs a local folder."""
+        if self.source_dir is None:
+            raise ValueError(f"{self.name}: no public download source; pass source_dir= a folder laid out "
+                             "like shared/data")
+        root = self.source_dir / folder
+        if not root.is_dir():
+            raise FileNotFoundError(f"{self.name}: source folder not found: {root}")
+        found = sorted(f"{folder}/{path.name}" for path in root.glob(pattern))
+        if not found and not allow_empty:
+            raise FileNotFoundError(f"{self.name}: no files matching {pattern!r} in {root}")
+        return found
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (blank lines skipped)."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file, split on ``\\n`` (or ``\\r\\n``) only, never on other separators."""
+    text = path.read_bytes().decode("utf-8")
+    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+
+
+def decode_value(value: Any) -> Any:
+    """A value read from a TFDS data source with bytes -> str, arrays -> lists, NumPy scalars -> Python."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [decode_value(item) for item in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [decode_value(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_records(builder: tfds.core.DatasetBuilder, split: str) -> list[dict[str, Any]]:
+    """All records of a prepared split, in stored order, with text decoded to ``str``."""
+    source = builder.as_data_source(split)
+    rows = source.__getitems__(range(len(source)))
+    return [{key: decode_value(value) for key, value in row.items()} for row in rows]

@@ -1,0 +1,124 @@
+"""FLORES-200 builder: offline preparation, alignment, passage grouping, bad inputs."""
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from routing.data.flores import Flores200, flores_config, passage_spans
+from routing.data.source import read_lines, read_records
+
+tfds.disable_progress_bar()
+FIVE = ["eng_Latn", "arb_Arab", "arb_Latn", "zho_Hans", "ory_Orya"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def passages(shared_data, data_dir):
+    builder = Flores200(languages=FIVE, source_dir=shared_data, data_dir=data_dir)
+    builder.download_and_prepare()
+    return read_records(builder, "devtest")
+
+
+def test_passages_align_across_languages(passages, shared_data):
+    by_language = {code: [r for r in passages if r["language"] == code] for code in FIVE}
+    assert [r["language"] for r in passages[::281]] == FIVE
+    for records in by_language.values():
+        assert [r["passage_id"] for r in records] == list(range(281))
+        assert sum(r["num_sentences"] for r in records) == 1012
+    assert len({tuple(r["url"] for r in records) for records in by_language.values()}) == 1
+    for code, records in by_language.items():
+        sentences = read_lines(shared_data / "flores200" / "devtest" / f"{code}.devtest")
+        first = records[0]
+        assert first["text"] == " ".join(sentences[: first["num_sentences"]])
+        assert records[-1]["text"].endswith(sentences[-1])
+
+
+def test_reading_back_needs_no_source_and_no_tensorflow(passages, data_dir):
+    again = read_records(Flores200(languages=FIVE, data_dir=data_dir), "devtest")
+    assert again == passages
+    assert "tensorflow" not in sys.modules
+
+
+def test_sentences_config(shared_data, data_dir, passages):
+    builder = Flores200(config="sentences_all", languages=["arb_Latn", "eng_Latn"], source_dir=shared_data,
+                        data_dir=data_dir)
+    assert builder.builder_config.unit == "sentences"
+    builder.download_and_prepare()
+    records = read_records(builder, "devtest")
+    assert len(records) == 2 * 1012
+    assert [r["sentence_id"] for r in records[:1012]] == list(range(1012))
+    english = [r for r in passages if r["language"] == "eng_Latn"]
+    first_passage = [r["text"] for r in records[1012:] if r["passage_id"] == 0]
+    assert " ".join(first_passage) == english[0]["text"]
+
+
+def test_passage_spans_group_consecutive_urls_only():
+    assert passage_spans(["a", "a", "b", "a"]) == [("a", 0, 2), ("b", 2, 3), ("a", 3, 4)]
+
+
+def test_config_names_follow_languages():
+    assert flores_config("passages", ["eng_Latn", "arb_Latn"]).name == "passages-eng_Latn-arb_Latn"
+    many = flores_config("sentences", [*FIVE, "fra_Latn", "tha_Thai"])
+    assert many.name.startswith("sentences-7langs-")
+    with pytest.raises(ValueError, match="unit"):
+        flores_config("documents", ["eng_Latn"])
+
+
+def test_bad_languages_and_configs(shared_data, tmp_path):
+    with pytest.raises(ValueError, match="arb_Arab"):
+        Flores200(languages=["arb"], data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown config"):
+        Flores200(config="paragraphs", languages=["eng_Latn"], data_dir=tmp_path)
+
+
+def _tiny_flores(root, languages, lines=("s1", "s2", "s3")):
+    """A synthetic FLORES folder: three sentences, URLs u1 u1 u2."""
+    (root / "flores200" / "devtest").mkdir(parents=True)
+    (root / "flores200" / "metadata_devtest.tsv").write_text("URL\tdomain\nu1\tx\nu1\tx\nu2\tx\n")
+    for code in languages:
+        (root / "flores200" / "devtest" / f"{code}.devtest").write_text("\n".join(lines) + "\n")
+
+
+def test_synthetic_folder_and_missing_files(tmp_path):
+    _tiny_flores(tmp_path / "src", ["eng_Latn", "fra_Latn"])
+    builder = Flores200(languages=["fra_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    builder.download_and_prepare()
+    assert [r["text"] for r in read_records(builder, "devtest")] == ["s1 s2", "s3"]
+    with pytest.raises(ValueError, match="deu_Latn"):  # a real code, but not in this folder
+        Flores200(languages=["deu_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    (tmp_path / "src" / "flores200" / "metadata_devtest.tsv").unlink()
+    missing = Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="metadata_devtest.tsv"):
+        missing.download_and_prepare()
+
+
+def test_line_count_mismatch_is_an_error(tmp_path):
+    _tiny_flores(tmp_path / "src", ["eng_Latn"], lines=("s1", "s2"))
+    builder = Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="2 lines"):
+        builder.download_and_prepare()
+
+
+class FakeDownloads:
+    """Stands in for TFDS's download manager: the archive is already 'extracted' at ``root``."""
+
+    def __init__(self, root):
+        self.root, self.urls = root, []
+
+    def download_and_extract(self, url):
+        self.urls.append(url)
+        return self.root
+
+
+def test_download_path_reads_the_official_archive_layout(tmp_path):
+    _tiny_flores(tmp_path, ["eng_Latn"])
+    (tmp_path / "flores200").rename(tmp_path / "flores200_dataset")
+    downloads = FakeDownloads(tmp_path)
+    builder = Flores200(config="sentences_paper", languages=["eng_Latn"], data_dir=tmp_path / "out")
+    records = [record for _, record in builder._split_generators(downloads)["devtest"]]
+    assert downloads.urls == ["https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz"]
+    assert [(r["text"], r["passage_id"]) for r in records] == [("s1", 0), ("s2", 0), ("s3", 1)]
