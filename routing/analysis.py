@@ -1,0 +1,134 @@
+"""Routing analysis over a corpus: in-graph statistics per batch, divergence curves, middle-layer window.
+
+Only O(batch x layers x experts) summaries leave the device per batch (DESIGN principle 4); per-passage
+distributions are kept on the host ([layers, passages, experts]) because divergence pairs passages
+across languages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Callable, Hashable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from routing.divergence import divergence_from_reference
+from routing.stats import sequence_statistics
+
+
+@dataclasses.dataclass
+class CorpusRouting:
+    """Per-sequence routing summaries of one corpus (e.g. one language). N = sequences, L = MoE layers."""
+
+    keys: list[Hashable]  # alignment key of each sequence
+    q: np.ndarray  # [L, N, E] expert distribution of each sequence
+    counts: np.ndarray  # [L, N, E] top-k activation counts
+    lengths: np.ndarray  # [N] real tokens
+    entropy: np.ndarray  # [L, N]
+    consistency: np.ndarray  # [L, N] (NaN for sequences shorter than 2 tokens)
+
+    @property
+    def activation_rate(self) -> np.ndarray:
+        """[L, E] mean over sequences of counts / length (the paper's r_k)."""
+        return (self.counts / self.lengths[None, :, None]).mean(axis=1)
+
+    def aligned(self, keys: list[Hashable]) -> "CorpusRouting":
+        """The rows for the given keys, in that order (KeyError naming a missing key)."""
+        where = {k: i for i, k in enumerate(self.keys)}
+        missing = [k for k in keys if k not in where]
+        if missing:
+            raise KeyError(f"{len(missing)} alignment key(s) missing, e.g. {missing[:3]}")
+        idx = np.array([where[k] for k in keys], dtype=int)
+        return CorpusRouting(list(keys), self.q[:, idx], self.counts[:, idx], self.lengths[idx],
+                             self.entropy[:, idx], self.consistency[:, idx])
+
+    def summary(self) -> dict[str, np.ndarray]:
+        """Per-layer means: routing entropy and token-to-token consistency."""
+        return {"entropy": self.entropy.mean(axis=1), "consistency": np.nanmean(self.consistency, axis=1)}
+
+
+def statistics_fn(model, top_k: int | None = None, num_pairs: int = 64) -> Callable:
+    """A jitted fn(params, input_ids, attention_mask, key, edit=None) -> SequenceStats, using analysis mode."""
+    k = model.config.top_k if top_k is None else top_k
+
+    @partial(jax.jit)
+    def fn(params, input_ids, attention_mask, key, edit=None):
+        out = model.apply({"params": params}, input_ids, attention_mask, edit=edit, analysis_only=True)
+        return sequence_statistics(out.router_logits, attention_mask, k, num_pairs=num_pairs, key=key)
+
+    return fn
+
+
+def analyze_corpus(model, params, batches: Iterable, *, seed: int = 0, num_pairs: int = 64, edit=None,
+                   progress: Callable[[int], None] | None = None) -> CorpusRouting:
+    """Routing summaries of every real row of `batches` (objects with input_ids, attention_mask, keys).
+
+    Filler rows (key None) are dropped. Each batch uses its own PRNG key for consistency pairs, derived
+    from `seed` and the batch index.
+    """
+    fn = statistics_fn(model, num_pairs=num_pairs)
+    parts, keys = [], []
+    for i, batch in enumerate(batches):
+        stats = fn(params, jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask),
+                   jax.random.fold_in(jax.random.PRNGKey(seed), i), edit)
+        rows = [j for j, key in enumerate(batch.keys) if key is not None]
+        stats = jax.device_get(stats)
+        parts.append((stats, rows))
+        keys.extend(batch.keys[j] for j in rows)
+        if progress:
+            progress(len(rows))
+    if not parts:
+        raise ValueError("no sequences to analyse (empty selection)")
+
+    def cat(field: str, axis: int) -> np.ndarray:
+        return np.concatenate([np.take(getattr(s, field), rows, axis=axis) for s, rows in parts], axis=axis)
+
+    return CorpusRouting(keys, cat("q", 1), cat("counts", 1), cat("lengths", 0), cat("entropy", 1),
+                         cat("consistency", 1))
+
+
+def divergence_curves(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """Per-layer divergence [L] of every language from `reference`, averaged over aligned sequences."""
+    if reference not in corpora:
+        raise KeyError(f"reference language {reference!r} was not analysed (have: {sorted(corpora)})")
+    ref = corpora[reference]
+    curves = {}
+    for lang, corpus in corpora.items():
+        if lang == reference:
+            continue
+        shared = [k for k in ref.keys if k in set(corpus.keys)]
+        if not shared:
+            raise ValueError(f"{lang} shares no alignment keys with {reference}")
+        a, b = ref.aligned(shared), corpus.aligned(shared)
+        curves[lang] = np.asarray(divergence_from_reference(a.q, b.q, normalized=normalized))
+    return curves
+
+
+def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, margin: int = 0
+                         ) -> tuple[int, int]:
+    """The valley of the mean divergence curve: (first, last) MoE-layer indices, 0-indexed, inclusive.
+
+    Rule: average the curves over languages; layers whose value is within `fraction` of the curve's range
+    above its minimum qualify; the window is the contiguous run of qualifying layers around the minimum,
+    shrunk by `margin` layers on each side when it is long enough. Override by passing a window directly
+    wherever one is used.
+    """
+    if not curves:
+        raise ValueError("no divergence curves to select a window from")
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    mean = np.mean(np.stack(list(curves.values())), axis=0)
+    low, high = float(mean.min()), float(mean.max())
+    ok = mean <= low + fraction * (high - low)
+    center = int(np.argmin(mean))
+    first = last = center
+    while first > 0 and ok[first - 1]:
+        first -= 1
+    while last < len(mean) - 1 and ok[last + 1]:
+        last += 1
+    if last - first >= 2 * margin:
+        first, last = first + margin, last - margin
+    return first, last
