@@ -66,6 +66,7 @@ class ModelConfig:
         object.__setattr__(self, "moe_layer_flags", tuple(bool(f) for f in self.moe_layer_flags))
         object.__setattr__(self, "sliding_windows", tuple(None if w is None else int(w) for w in self.sliding_windows))
         object.__setattr__(self, "rope_params", tuple(sorted((str(k), _freeze(v)) for k, v in self.rope_params)))
+        half_rotary = int(self.head_dim * self.partial_rotary_factor) // 2
         checks = [
             (len(self.moe_layer_flags) == n, f"moe_layer_flags has {len(self.moe_layer_flags)} entries for {n} layers"),
             (len(self.sliding_windows) == n, f"sliding_windows has {len(self.sliding_windows)} entries for {n} layers"),
@@ -77,6 +78,9 @@ class ModelConfig:
             (self.num_heads % self.num_kv_heads == 0, f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"),
             (1 <= self.top_k <= self.num_experts, f"top_k {self.top_k} must be in [1, num_experts={self.num_experts}]"),
             (self.routing_rule != "sparsemixer" or self.top_k == 2, f"sparsemixer routing is top-2 only, got top_k={self.top_k}"),
+            (self.rope_kind != "longrope"
+             or all(len(self.rope_param(f, ())) == half_rotary for f in ("short_factor", "long_factor")),
+             f"longrope short_factor and long_factor must each have rotary_dim / 2 = {half_rotary} entries"),
         ]
         for ok, message in checks:
             if not ok:

@@ -15,12 +15,16 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from moe.checkpoint_files import CheckpointError, iter_tensors
 from moe.checkpoint_names import NAME_MAPS, PROJ
 from moe.config import ModelConfig
+from moe.expert_parallel import ExpertParallel
 from moe.families import config_from_hf
 from moe.model import MoeTransformer
+from moe.mxfp4 import dequantize_pairs
+from moe.sharding import check_axes, partition_spec
 
 CONFIG_FILE = "moe_config.json"
 PARAMS_DIR = "params"
@@ -64,7 +68,7 @@ def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | No
         if not m:
             continue
         groups = {k: PROJ.get(v, v) for k, v in m.groupdict().items() if v is not None}
-        target = template.format(**groups)
+        target = template.format(**groups, half="{half}")
         if transform == "copy":
             return [(target, None, array)]
         if transform == "linear":
@@ -77,20 +81,43 @@ def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | No
             half = array.shape[1] // 2
             return [(target + "/gate", None, array[:, :half].transpose(0, 2, 1)),
                     (target + "/up", None, array[:, half:].transpose(0, 2, 1))]
+        if transform == "interleaved_gate_up":
+            return [(target.format(half="gate"), None, array[..., 0::2]),
+                    (target.format(half="up"), None, array[..., 1::2])]
         raise AssertionError(f"unknown transform {transform}")
     return []
 
 
+def _shardings(targets: dict[str, jax.ShapeDtypeStruct], mesh: Mesh | None) -> dict[str, NamedSharding | None]:
+    """Each parameter's sharding on `mesh` by the partition rules (None for all without a mesh)."""
+    if mesh is None:
+        return dict.fromkeys(targets)
+    check_axes(mesh)
+    return {p: NamedSharding(mesh, partition_spec(p, t.shape, mesh)) for p, t in targets.items()}
+
+
+def _place(value: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
+    """A filled host buffer as a device array, written straight into its shards when a sharding is given."""
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype: Any = jnp.float32,
-                    rules=None) -> dict[str, Any]:
-    """Fill the model's parameters from (name, array) pairs; raises CheckpointError on any mismatch."""
+                    rules=None, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Fill the model's parameters from (name, array) pairs; raises CheckpointError on any mismatch.
+
+    Each parameter goes to the device (or, with `mesh`, into its shards) as soon as it is complete.
+    """
     rules = NAME_MAPS[config.family] if rules is None else rules
     targets = abstract_params(config, dtype)
+    shardings = _shardings(targets, mesh)
+    placed: dict[str, jax.Array] = {}
     np_dtype = np.dtype(jnp.dtype(dtype))
     buffers: dict[str, np.ndarray] = {}
     filled: dict[str, np.ndarray] = {}  # per-path flags over expert slots (one flag for whole tensors)
     unexpected, problems = [], []
-    for name, array in tensors:
+    for name, array in dequantize_pairs(tensors, np_dtype):
         if config.tie_embeddings and name == "lm_head.weight":
             continue  # a tied head is the embedding stored twice
         places = _placements(name, array, rules)
@@ -117,6 +144,8 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
             else:
                 buf[slot] = value.astype(np_dtype)
             flags[key] = True
+            if flags.all():
+                placed[path] = _place(buffers.pop(path), shardings[path])
     missing = [p for p in targets if p not in filled or not filled[p].all()]
     messages = []
     if problems:
@@ -130,14 +159,15 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
                         + (" ..." if len(detail) > 20 else ""))
     if messages:
         raise CheckpointError("checkpoint does not match the model: " + " | ".join(messages))
-    return _unflatten({p: jnp.asarray(buffers.pop(p)) for p in list(buffers)})
+    return _unflatten(placed)
 
 
-def convert_hf_folder(folder: Path, dtype: Any = jnp.float32) -> tuple[ModelConfig, dict[str, Any]]:
-    """Read config.json and the weights of an HF checkpoint folder."""
+def convert_hf_folder(folder: Path, dtype: Any = jnp.float32,
+                      mesh: Mesh | None = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """Read config.json and the weights of an HF checkpoint folder (sharded onto `mesh` when given)."""
     folder = Path(folder)
     config = read_hf_config(folder)
-    return config, convert_tensors(config, iter_tensors(folder), dtype)
+    return config, convert_tensors(config, iter_tensors(folder), dtype, mesh=mesh)
 
 
 def _checkpointer():
@@ -170,10 +200,14 @@ def save_converted(out_dir: Path, config: ModelConfig, params: dict[str, Any], s
     return out_dir
 
 
-def load_converted(folder: Path, dtype: Any = jnp.float32) -> tuple[ModelConfig, dict[str, Any]]:
+def load_converted(folder: Path, dtype: Any = jnp.float32,
+                   mesh: Mesh | None = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """Restore a converted folder; with `mesh`, orbax reads each parameter straight into its shards."""
     folder = Path(folder).absolute()
     config = ModelConfig.from_json((folder / CONFIG_FILE).read_text())
-    target = _unflatten(abstract_params(config, dtype))
+    targets = abstract_params(config, dtype)
+    shardings = _shardings(targets, mesh)
+    target = _unflatten({p: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=shardings[p]) for p, t in targets.items()})
     params = _checkpointer().restore(folder / PARAMS_DIR, target)
     return config, params
 
@@ -196,13 +230,19 @@ def resolve_model_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no such model folder")
 
 
-def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto"):
-    """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, or a hub id."""
+def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto", mesh: Mesh | None = None):
+    """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, or a hub id.
+
+    With `mesh` (see `moe.sharding.make_mesh`), parameters are placed directly as sharded arrays and the
+    model runs its MoE layers expert-parallel over the mesh (`dispatch` is then the per-device dispatch).
+    """
     folder = resolve_model_path(path)
     if (folder / CONFIG_FILE).is_file():
-        config, params = load_converted(folder, dtype)
+        config, params = load_converted(folder, dtype, mesh)
     elif (folder / "config.json").is_file():
-        config, params = convert_hf_folder(folder, dtype)
+        config, params = convert_hf_folder(folder, dtype, mesh)
     else:
         raise FileNotFoundError(f"{folder}: not a model folder (no config.json or {CONFIG_FILE})")
+    if mesh is not None:
+        dispatch = ExpertParallel(mesh, dispatch)
     return MoeTransformer(config, dispatch=dispatch, dtype=dtype), params

@@ -50,13 +50,62 @@ class Linear(nn.Module):
         return y
 
 
-def rope_tables(config: ModelConfig, positions: Array, seq_len: int) -> tuple[Array, Array]:
+def _yarn(config: ModelConfig, pos_freqs: Array) -> tuple[Array, float]:
+    """YaRN: interpolate low frequencies by `factor`, keep high ones, ramp between; scale cos/sin (HF order of ops)."""
+    p, base, dim = config.rope_param, config.rope_theta, 2 * pos_freqs.shape[0]
+    factor, original = p("factor"), p("original_max_position_embeddings")
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = p("attention_factor")
+    if attention_factor is None:
+        m, m_all = p("mscale"), p("mscale_all_dim")
+        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(p("beta_fast") or 32), correction_dim(p("beta_slow") or 1)
+    if p("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def _longrope(config: ModelConfig, pos_freqs: Array, positions: Array) -> tuple[Array, Array]:
+    """LongRoPE: long factors and long_mscale when max(positions) + 1 > original_max_position_embeddings.
+
+    One choice for the whole batch, as in HF (`max(position_ids) + 1`), taken on traced values: both tables are
+    built and `jnp.where` picks one, so under jit the switch follows the real tokens (positions come from the
+    attention mask), not the padded length, and never recompiles. With a KV cache, keys cached before the
+    switch keep the short rotation: re-run the prefix when a generation crosses the threshold (HF drops its cache).
+    """
+    p = config.rope_param
+    is_long = jnp.max(positions) + 1 > p("original_max_position_embeddings")
+    short = 1.0 / (jnp.asarray(p("short_factor"), jnp.float32) * pos_freqs)
+    long = 1.0 / (jnp.asarray(p("long_factor"), jnp.float32) * pos_freqs)
+    return jnp.where(is_long, long, short), jnp.where(is_long, p("long_mscale"), p("short_mscale"))
+
+
+def rope_tables(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
     """cos and sin tables [batch, seq, rotary_dim] for the given integer positions [batch, seq]."""
     rotary_dim = int(config.head_dim * config.partial_rotary_factor)
-    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
-    scaling = 1.0
-    if config.rope_kind == "linear":
-        inv_freq = inv_freq / config.rope_param("factor")
+    pos_freqs = config.rope_theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim)
+    scaling: float | Array = 1.0
+    if config.rope_kind == "yarn":
+        inv_freq, scaling = _yarn(config, pos_freqs)
+    elif config.rope_kind == "longrope":
+        inv_freq, scaling = _longrope(config, pos_freqs, positions)
+    else:
+        inv_freq = 1.0 / pos_freqs
+        if config.rope_kind == "linear":
+            inv_freq = inv_freq / config.rope_param("factor")
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling

@@ -33,7 +33,8 @@ def sparsemixer_top2(logits: Array, jitter: float) -> tuple[Array, Array]:
 
     For each of two passes: take the max logit m; mask every logit with (m - z) / max(|z|, m) > 2 * jitter;
     softmax over the survivors; the weight is the winner's probability. The second pass masks the first
-    winner out. Not invariant to shifting the logits: it must see the raw (or edited) logits.
+    winner out, while its threshold still compares the original logits z (as HF does). Not invariant to
+    shifting the logits: it must see the raw (or edited) logits.
     """
     scores = logits.astype(jnp.float32)
     neg_inf = jnp.array(-jnp.inf, jnp.float32)
