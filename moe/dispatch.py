@@ -5,7 +5,8 @@
   one [block, D] x [D, F] matmul per block (empty trailing blocks are skipped with `lax.cond`). Fast on CPU.
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows (grouped GEMM kernels on GPU/TPU).
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
-"auto" picks "blocked" on CPU and "ragged" elsewhere.
+"auto" picks "blocked" on CPU and "ragged" elsewhere. A callable with expert_ffn's signature (less `mode`),
+such as `moe.expert_parallel.ExpertParallel(mesh)`, may stand in for a mode name.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 Array = jax.Array
 ExpertParams = dict[str, Array]  # gate [E, D, F], up [E, D, F], down [E, F, D], optional *_bias [E, F] / [E, D]
 Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
+Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation], Array]  # a mode name or a dispatcher
 
 DISPATCH_MODES = ("auto", "blocked", "ragged", "dense")
 
@@ -108,8 +110,11 @@ def ragged_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Act
     return jnp.zeros((x.shape[0], x.shape[1]), jnp.float32).at[tokens].add(y).astype(x.dtype)
 
 
-def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, mode: str = "auto") -> Array:
+def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
+               mode: Dispatch = "auto") -> Array:
     """Weighted sum over each token's selected experts. x [T, D]; weights [T, k] float32; index [T, k] int."""
+    if callable(mode):
+        return mode(x, weights, index, p, act)
     if mode == "auto":
         mode = "blocked" if jax.default_backend() == "cpu" else "ragged"
     if mode == "blocked":

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from moe.config import ModelConfig
-from moe.dispatch import expert_ffn
+from moe.dispatch import Dispatch, expert_ffn
+from moe.kv_cache import KVCache
 from moe.layers import Attention, DenseMLP, Linear, Norm, rope_tables
 from moe.layers import attention_mask as make_attention_mask
 from moe.routing_rules import route
@@ -25,6 +26,7 @@ class MoeOutput:
 
     logits: Array | None  # [batch, seq, vocab] float32 (None in analysis mode)
     router_logits: Array  # [moe_layers, batch, seq, experts], raw: before any edit
+    cache: KVCache | None = None  # the updated cache when one was passed in
 
 
 def swiglu(gate: Array, up: Array) -> Array:
@@ -32,11 +34,11 @@ def swiglu(gate: Array, up: Array) -> Array:
 
 
 def clamped_swiglu(limit: float, alpha: float) -> Callable[[Array, Array], Array]:
-    """GPT-OSS's activation: gate clamped above, up clamped both sides, (up + 1) * gate * sigmoid(alpha * gate)."""
+    """GPT-OSS's activation: gate clamped above, up clamped both sides, (up + 1) * (gate * sigmoid(alpha * gate))."""
     def act(gate: Array, up: Array) -> Array:
         gate = jnp.minimum(gate, limit)
         up = jnp.clip(up, -limit, limit)
-        return (up + 1) * gate * jax.nn.sigmoid(alpha * gate)
+        return (up + 1) * (gate * jax.nn.sigmoid(gate * alpha))
     return act
 
 
@@ -56,7 +58,7 @@ class MoeBlock(nn.Module):
 
     config: ModelConfig
     moe_index: int
-    dispatch: str = "auto"
+    dispatch: Dispatch = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -91,7 +93,7 @@ class MoeBlock(nn.Module):
 class DecoderLayer(nn.Module):
     config: ModelConfig
     layer: int
-    dispatch: str = "auto"
+    dispatch: Dispatch = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -115,40 +117,54 @@ class MoeTransformer(nn.Module):
     `apply({"params": p}, input_ids, attention_mask=None, edit=None)` returns MoeOutput. Positions are
     derived from the attention mask (cumulative count of real tokens), so left and right padding give the
     same result at real positions as the unpadded sequence.
+
+    With `cache`, input_ids [b, s] are the next s tokens: they are written at the cache's next slots,
+    `attention_mask` [b, s] marks which of them are real, and positions continue from the real tokens
+    already cached. Attention is causal over slots, to real tokens only, windowed by slot index.
     """
 
     config: ModelConfig
-    dispatch: str = "auto"
+    dispatch: Dispatch = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, edit: RoutingEdit | None = None,
-                 positions: Array | None = None, analysis_only: bool = False) -> MoeOutput:
+                 positions: Array | None = None, analysis_only: bool = False,
+                 cache: KVCache | None = None) -> MoeOutput:
         c = self.config
         b, s = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, s), jnp.int32)
         if positions is None:
-            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+            seen = 0 if cache is None else jnp.sum(cache.valid, axis=-1, keepdims=True)
+            positions = jnp.maximum(seen + jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         embed = self.param("embed", nn.initializers.normal(0.02), (c.vocab_size, c.hidden_size), self.dtype)
         x = embed[input_ids]
-        cos, sin = rope_tables(c, positions, s)
-        idx = jnp.arange(s)
-        masks = {w: make_attention_mask(idx, idx, attention_mask, w) for w in set(c.sliding_windows)}
+        cos, sin = rope_tables(c, positions)
+        if cache is None:
+            query_slots = key_slots = jnp.arange(s)
+            key_valid = attention_mask
+        else:
+            cache = cache.mark(attention_mask)
+            query_slots, key_slots, key_valid = cache.index + jnp.arange(s), jnp.arange(cache.length), cache.valid
+        masks = {w: make_attention_mask(query_slots, key_slots, key_valid, w) for w in set(c.sliding_windows)}
+        layer_caches = [None] * c.num_layers if cache is None else list(cache.layers)
         trace = []
         for i in range(c.num_layers):
             if analysis_only and i > c.moe_layers[-1]:
                 break
-            x, raw, _ = DecoderLayer(c, i, self.dispatch, self.dtype, name=f"layers_{i}")(
-                x, cos, sin, masks[c.sliding_windows[i]], edit)
+            x, raw, layer_caches[i] = DecoderLayer(c, i, self.dispatch, self.dtype, name=f"layers_{i}")(
+                x, cos, sin, masks[c.sliding_windows[i]], edit, layer_caches[i])
             if raw is not None:
                 trace.append(raw)
         router_logits = jnp.stack(trace)
         if analysis_only:
             return MoeOutput(logits=None, router_logits=router_logits)
+        if cache is not None:
+            cache = cache.replace(layers=tuple(layer_caches))
         x = Norm(c.norm, c.norm_eps, self.dtype, name="final_norm")(x)
         if c.tie_embeddings:
             logits = x @ embed.T.astype(x.dtype)
         else:
             logits = Linear(c.vocab_size, c.lm_head_bias, self.dtype, name="lm_head")(x)
-        return MoeOutput(logits=logits.astype(jnp.float32), router_logits=router_logits)
+        return MoeOutput(logits=logits.astype(jnp.float32), router_logits=router_logits, cache=cache)
