@@ -62,13 +62,15 @@ def statistics_fn(model, top_k: int | None = None, num_pairs: int = 64) -> Calla
 
 
 def analyze_corpus(model, params, batches: Iterable, *, seed: int = 0, num_pairs: int = 64, edit=None,
-                   progress: Callable[[int], None] | None = None) -> CorpusRouting:
+                   progress: Callable[[int], None] | None = None, stats_fn: Callable | None = None
+                   ) -> CorpusRouting:
     """Routing summaries of every real row of `batches` (objects with input_ids, attention_mask, keys).
 
     Filler rows (key None) are dropped. Each batch uses its own PRNG key for consistency pairs, derived
-    from `seed` and the batch index.
+    from `seed` and the batch index. Pass `stats_fn` (from `statistics_fn`, with the same `num_pairs`) to
+    reuse one compiled function across corpora; otherwise a new one is made (and compiled) per call.
     """
-    fn = statistics_fn(model, num_pairs=num_pairs)
+    fn = statistics_fn(model, num_pairs=num_pairs) if stats_fn is None else stats_fn
     parts, keys = [], []
     for i, batch in enumerate(batches):
         stats = fn(params, jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask),
