@@ -86,11 +86,14 @@ def _unique(sample: Callable[[random.Random], T], n: int, rng: random.Random) ->
 
 
 def build_corpus(seed: int = 0, sizes: CorpusSizes | None = None,
-                 languages: Mapping[str, Language] | None = None) -> Corpus:
+                 languages: Mapping[str, Language] | None = None, task_max_steps: int = 3) -> Corpus:
     """Sample meanings and problems with `seed` and render them in every language (default:
-    `make_languages()`); parallel and task test sets hold the same ids in every language."""
+    `make_languages()`); parallel and task test sets hold the same ids in every language. Problems have
+    1 ... `task_max_steps` steps after their first sentence."""
     sizes = sizes or CorpusSizes()
     languages = dict(languages or make_languages())
+    if task_max_steps < 1:
+        raise ValueError(f"task_max_steps must be >= 1, got {task_max_steps}")
     for name, counts in (("parallel_train", sizes.parallel_train), ("task_train", sizes.task_train)):
         if unknown := set(counts) - set(languages):
             raise ValueError(f"{name} names unknown languages {sorted(unknown)}")
@@ -100,7 +103,7 @@ def build_corpus(seed: int = 0, sizes: CorpusSizes | None = None,
     n_train = max(sizes.parallel_train.values(), default=0)
     sentences = _unique(sample_sentence, n_train + sizes.parallel_test, rng)
     n_task = max(sizes.task_train.values(), default=0)
-    problems = _unique(sample_problem, n_task + sizes.task_test, rng)
+    problems = _unique(lambda r: sample_problem(r, max_steps=task_max_steps), n_task + sizes.task_test, rng)
 
     def parallel(code: str, ids: range) -> tuple[Example, ...]:
         return tuple(Example(i, code, languages[code].render(sentences[i])) for i in ids)
