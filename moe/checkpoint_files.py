@@ -36,14 +36,23 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, array) from one .safetensors file; arrays are read-only views of a memory map."""
+    """Yield (name, array) from one .safetensors file, reading one tensor at a time.
+
+    Each tensor is read into its own buffer (not a memory map of the whole file), so resident memory
+    holds one checkpoint tensor at a time, not every page of the file that was touched.
+    """
     header, start = safetensors_header(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
-    for name, info in header.items():
-        if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        yield name, data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    with open(path, "rb") as f:
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            begin, end = info["data_offsets"]
+            dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+            f.seek(start + begin)
+            data = np.fromfile(f, dtype=np.uint8, count=end - begin)
+            if data.size != end - begin:
+                raise CheckpointError(f"{path}: tensor {name!r} is truncated")
+            yield name, data.view(dtype).reshape(info["shape"])
 
 
 def checkpoint_files(folder: Path) -> list[Path]:

@@ -7,7 +7,9 @@ Transforms (applied by moe.convert):
 - "fused_gate_up": [E, 2F, D] (gate rows first, then up rows) -> gate [E, D, F] and up [E, D, F];
 - "interleaved_gate_up": [..., 2F] with gate in even and up in odd last-axis entries (GPT-OSS's [E, D, 2F]
   weight and [E, 2F] bias) -> "{half}" = gate and "{half}" = up, [..., F] each.
-Templates use the regex's named groups; "{proj}" is mapped through PROJ to our module names. MXFP4 pairs
+Templates use the regex's named groups; "{proj}" is mapped through PROJ to our module names. A template
+"layers_{i}/rest" names decoder layer i's parameter; moe.convert stores it at layer i's slot of the stacked
+"stack_{j}/rest" of the layer stack holding layer i (ModelConfig.layer_stacks). MXFP4 pairs
 (`X_blocks` + `X_scales`) are dequantised to `X` before these rules see them (moe.mxfp4).
 """
 from __future__ import annotations

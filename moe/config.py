@@ -95,6 +95,18 @@ class ModelConfig:
     def num_moe_layers(self) -> int:
         return len(self.moe_layers)
 
+    @property
+    def layer_stacks(self) -> tuple[tuple[int, ...], ...]:
+        """Runs of consecutive layers of one kind (MoE or dense MLP), in layer order: the model's scanned
+        stacks `stack_0`, `stack_1`, ... (a single stack when every layer is an MoE layer)."""
+        stacks: list[list[int]] = []
+        for i, is_moe in enumerate(self.moe_layer_flags):
+            if stacks and self.moe_layer_flags[stacks[-1][0]] == is_moe:
+                stacks[-1].append(i)
+            else:
+                stacks.append([i])
+        return tuple(tuple(s) for s in stacks)
+
     def rope_param(self, name: str, default: Any = None) -> Any:
         return dict(self.rope_params).get(name, default)
 

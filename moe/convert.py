@@ -62,7 +62,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | None, np.ndarray]]:
-    """Where one checkpoint tensor goes: [(param path, expert slot or None, value)]; [] if no rule matches."""
+    """Where one checkpoint tensor goes: [(template path, expert or None, value)]; [] if no rule matches."""
     for pattern, template, transform in rules:
         m = re.fullmatch(pattern, name)
         if not m:
@@ -86,6 +86,30 @@ def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | No
                     (target.format(half="up"), None, array[..., 1::2])]
         raise AssertionError(f"unknown transform {transform}")
     return []
+
+
+def _stacked(path: str, config: ModelConfig) -> tuple[str, tuple[int, ...]]:
+    """A template path "layers_{i}/rest" as ("stack_{j}/rest", (i's slot in stack j,)); others as (path, ())."""
+    m = re.fullmatch(r"layers_(\d+)/(.*)", path)
+    for j, layers in enumerate(config.layer_stacks):
+        if m and int(m[1]) in layers:
+            return f"stack_{j}/{m[2]}", (layers.index(int(m[1])),)
+    return path, ()
+
+
+def _where(path: str, slot: tuple[int, ...], config: ModelConfig) -> str:
+    """A slot of a stacked parameter in words: "layer 5" or "layer 5, expert 3"."""
+    m = re.match(r"stack_(\d+)/", path)
+    words = [f"layer {config.layer_stacks[int(m[1])][slot[0]]}"] if m and slot else []
+    return ", ".join(words + [f"expert {e}" for e in slot[1:]])
+
+
+def _missing(path: str, flags: np.ndarray | None, config: ModelConfig) -> str:
+    """A parameter not (entirely) filled, with its empty slots when some were filled."""
+    if flags is None:
+        return path
+    holes = [_where(path, tuple(int(i) for i in h), config) for h in np.argwhere(~flags)]
+    return f"{path} ({'; '.join(holes[:8])}{' ...' if len(holes) > 8 else ''})"
 
 
 def _shardings(targets: dict[str, jax.ShapeDtypeStruct], mesh: Mesh | None) -> dict[str, NamedSharding | None]:
@@ -115,7 +139,7 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
     placed: dict[str, jax.Array] = {}
     np_dtype = np.dtype(jnp.dtype(dtype))
     buffers: dict[str, np.ndarray] = {}
-    filled: dict[str, np.ndarray] = {}  # per-path flags over expert slots (one flag for whole tensors)
+    filled: dict[str, np.ndarray] = {}  # per-path flags over its slots (layer, or layer and expert)
     unexpected, problems = [], []
     for name, array in dequantize_pairs(tensors, np_dtype):
         if config.tie_embeddings and name == "lm_head.weight":
@@ -124,26 +148,28 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
         if not places:
             unexpected.append(name)
             continue
-        for path, slot, value in places:
+        for template_path, expert, value in places:
+            path, slot = _stacked(template_path, config)
+            slot += () if expert is None else (expert,)
             if path not in targets:
-                unexpected.append(f"{name} (-> {path}, which this config does not have)")
+                unexpected.append(f"{name} (-> {template_path}, which this config does not have)")
                 continue
             shape = targets[path].shape
-            want = shape if slot is None else shape[1:]
-            if tuple(value.shape) != tuple(want) or (slot is not None and not 0 <= slot < shape[0]):
-                problems.append(f"{name}: shape {tuple(value.shape)} (slot {slot}) does not fit {path} {shape}")
+            where = _where(path, slot, config)
+            if (tuple(value.shape) != tuple(shape[len(slot):])
+                    or not all(0 <= i < n for i, n in zip(slot, shape))):
+                problems.append(f"{name}: shape {tuple(value.shape)} ({where or 'whole'}) does not fit {path} {shape}")
+                continue
+            flags = filled.setdefault(path, np.zeros(shape[:len(slot)], bool))
+            if flags.ndim != len(slot):
+                problems.append(f"{name}: {path} mixes per-expert and fused tensors")
+                continue
+            if flags[slot].any():
+                problems.append(f"{name}: {path} ({where or 'whole'}) filled twice")
                 continue
             buf = buffers.setdefault(path, np.empty(shape, np_dtype))
-            flags = filled.setdefault(path, np.zeros(shape[0] if slot is not None else 1, bool))
-            key = slot if slot is not None else 0
-            if flags[key]:
-                problems.append(f"{name}: {path} filled twice")
-                continue
-            if slot is None:
-                buf[...] = value.astype(np_dtype)
-            else:
-                buf[slot] = value.astype(np_dtype)
-            flags[key] = True
+            buf[slot] = value.astype(np_dtype)
+            flags[slot] = True
             if flags.all():
                 placed[path] = _place(buffers.pop(path), shardings[path])
     missing = [p for p in targets if p not in filled or not filled[p].all()]
@@ -154,7 +180,7 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
         messages.append(f"{len(unexpected)} checkpoint tensor(s) left over (no parameter takes them): "
                         + ", ".join(unexpected[:20]) + (" ..." if len(unexpected) > 20 else ""))
     if missing:
-        detail = [p if p not in filled else f"{p} (experts {np.flatnonzero(~filled[p]).tolist()})" for p in missing]
+        detail = [_missing(p, filled.get(p), config) for p in missing]
         messages.append(f"{len(missing)} parameter(s) not filled by the checkpoint: " + ", ".join(detail[:20])
                         + (" ..." if len(detail) > 20 else ""))
     if messages:

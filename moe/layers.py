@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from moe.config import ModelConfig
+from moe.kv_cache import LayerCache
 
 Array = jax.Array
 
@@ -121,14 +122,14 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
 
 
-def attention_mask(query_pos: Array, key_pos: Array, key_valid: Array, window: int | None) -> Array:
-    """Boolean [batch, q, k]: causal over array indices, keys that are real tokens, optional sliding window.
+def attention_mask(query_pos: Array, key_pos: Array, key_valid: Array, window: Array | int) -> Array:
+    """Boolean [batch, q, k]: causal over array indices, keys that are real tokens, a sliding window.
 
-    `query_pos`/`key_pos` are the array (cache slot) indices [q] and [k]; `key_valid` is [batch, k].
+    `query_pos`/`key_pos` are the array (cache slot) indices [q] and [k]; `key_valid` is [batch, k];
+    `window` is a window size or 0 for full attention (a traced int32 scalar works: layers scan over it).
     """
     allowed = key_pos[None, :] <= query_pos[:, None]
-    if window is not None:
-        allowed = allowed & (key_pos[None, :] > query_pos[:, None] - window)
+    allowed = allowed & ((window <= 0) | (key_pos[None, :] > query_pos[:, None] - window))
     return allowed[None] & key_valid[:, None, :].astype(bool)
 
 
@@ -157,11 +158,12 @@ class Attention(nn.Module):
     """Self-attention with the family's projections, q/k norm, clipping, RoPE and optional sinks."""
 
     config: ModelConfig
-    window: int | None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, cache=None) -> tuple[Array, object]:
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, cache: LayerCache | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, LayerCache | None]:
+        """Attention of x [b, s, D] under mask [b, s, t]; with `cache`, k/v are written at slot `cache_index`."""
         c = self.config
         b, s, _ = x.shape
         q = Linear(c.num_heads * c.head_dim, c.qkv_bias, self.dtype, name="q")(x)
@@ -180,7 +182,7 @@ class Attention(nn.Module):
             k = Norm("rms", c.norm_eps, self.dtype, name="k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v, cache = cache.update(k, v)
+            k, v, cache = cache.update(k, v, cache_index)
         sinks = self.param("sinks", nn.initializers.zeros, (c.num_heads,), self.dtype) if c.attention_sinks else None
         out = dot_attention(q, k, v, mask, 1.0 / math.sqrt(c.head_dim), sinks)
         return Linear(c.hidden_size, c.o_bias, self.dtype, name="o")(out), cache

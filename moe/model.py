@@ -1,23 +1,25 @@
 """The functional MoE decoder: one Flax module for every family, driven by ModelConfig."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moe.config import ModelConfig
 from moe.dispatch import Dispatch, expert_ffn
-from moe.kv_cache import KVCache
+from moe.kv_cache import KVCache, LayerCache
 from moe.layers import Attention, DenseMLP, Linear, Norm, rope_tables
 from moe.layers import attention_mask as make_attention_mask
 from moe.routing_rules import route
 
 Array = jax.Array
-# A routing edit: any pytree callable as edit(raw_logits [b, s, E], moe_layer) -> edited logits.
-RoutingEdit = Callable[[Array, int], Array]
+# A routing edit: any pytree callable as edit(raw_logits [b, s, E], moe_layer) -> edited logits, where
+# moe_layer is a traced int32 scalar (the layers are scanned).
+RoutingEdit = Callable[[Array, Array], Array]
 
 
 @flax.struct.dataclass
@@ -57,16 +59,20 @@ class MoeBlock(nn.Module):
     """Router -> optional edit -> routing rule -> dropless expert dispatch (+ gated shared expert)."""
 
     config: ModelConfig
-    moe_index: int
     dispatch: Dispatch = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, edit: RoutingEdit | None) -> tuple[Array, Array]:
+    def __call__(self, x: Array, edit: RoutingEdit | None, moe_index: Array,
+                 route_only: Array | None = None) -> tuple[Array, Array]:
+        """FFN output and raw router logits of x [b, s, D]; `moe_index` (traced) selects the edit's layer.
+
+        Where `route_only` is true the FFN is skipped (zeros returned): only the router logits are needed.
+        """
         c = self.config
         b, s, d = x.shape
         raw = Router(c, self.dtype, name="router")(x)
-        gating = raw if edit is None else edit(raw, self.moe_index)
+        gating = raw if edit is None else edit(raw, moe_index)
         weights, index = route(c, gating)
         e, f = c.num_experts, c.expert_size
         init = nn.initializers.normal(0.02)
@@ -80,35 +86,71 @@ class MoeBlock(nn.Module):
                   "down_bias": self.param("down_bias", zeros, (e, d), self.dtype)}
         p = {k: v.astype(x.dtype) for k, v in p.items()}
         act = swiglu if c.expert_activation == "swiglu" else clamped_swiglu(c.swiglu_limit, c.swiglu_alpha)
-        flat = x.reshape(b * s, d)
-        out = expert_ffn(flat, weights.reshape(b * s, -1).astype(x.dtype), index.reshape(b * s, -1), p, act,
-                         self.dispatch)
-        if c.shared_expert_size:
-            shared = DenseMLP(c.shared_expert_size, self.dtype, name="shared_expert")(flat)
-            gate = Linear(1, dtype=self.dtype, name="shared_gate")(flat)
-            out = out + jax.nn.sigmoid(gate) * shared
+
+        def ffn(block: MoeBlock, flat: Array, weights: Array, index: Array, p: dict[str, Array]) -> Array:
+            out = expert_ffn(flat, weights, index, p, act, block.dispatch)
+            if c.shared_expert_size:
+                shared = DenseMLP(c.shared_expert_size, block.dtype, name="shared_expert")(flat)
+                gate = Linear(1, dtype=block.dtype, name="shared_gate")(flat)
+                out = out + jax.nn.sigmoid(gate) * shared
+            return out
+
+        def skip(block: MoeBlock, flat: Array, *_) -> Array:
+            return jnp.zeros_like(flat)
+
+        args = (x.reshape(b * s, d), weights.reshape(b * s, -1).astype(x.dtype), index.reshape(b * s, -1), p)
+        out = ffn(self, *args) if route_only is None else nn.cond(route_only, skip, ffn, self, *args)
         return out.reshape(b, s, d), raw
 
 
+class LayerData(NamedTuple):
+    """What varies between the layers of a stack, scanned over its leading layer axis."""
+
+    window: Array  # int32: sliding window, 0 for full attention
+    moe_index: Array  # int32: index among the MoE layers (unused by dense layers)
+    route_only: Array | None  # bool: the FFN is skipped (analysis mode's last MoE layer); None: never
+    cache: LayerCache | None  # k/v of the layer when decoding with a cache
+
+
+class LayerContext(NamedTuple):
+    """What every layer shares, broadcast into the scan."""
+
+    cos: Array
+    sin: Array
+    query_slots: Array  # [q] slot index of each query token
+    key_slots: Array  # [t] slot index of each key
+    key_valid: Array  # [b, t] which keys are real tokens
+    cache_index: Array | None  # the cache slot the new tokens are written at
+    edit: RoutingEdit | None
+
+
 class DecoderLayer(nn.Module):
+    """Pre-norm attention, then an MoE block (`moe`) or a dense MLP. Scanned over a stack of such layers."""
+
     config: ModelConfig
-    layer: int
+    moe: bool
     dispatch: Dispatch = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, edit, cache=None):
+    def __call__(self, x: Array, layer: LayerData, ctx: LayerContext
+                 ) -> tuple[Array, tuple[Array | None, LayerCache | None]]:
         c = self.config
+        mask = make_attention_mask(ctx.query_slots, ctx.key_slots, ctx.key_valid, layer.window)
         h = Norm(c.norm, c.norm_eps, self.dtype, name="input_norm")(x)
-        h, cache = Attention(c, c.sliding_windows[self.layer], self.dtype, name="attn")(h, cos, sin, mask, cache)
+        h, cache = Attention(c, self.dtype, name="attn")(h, ctx.cos, ctx.sin, mask, layer.cache, ctx.cache_index)
         x = x + h
         h = Norm(c.norm, c.norm_eps, self.dtype, name="post_norm")(x)
-        if c.moe_layer_flags[self.layer]:
-            moe_index = c.moe_layers.index(self.layer)
-            h, raw = MoeBlock(c, moe_index, self.dispatch, self.dtype, name="moe")(h, edit)
+        if self.moe:
+            h, raw = MoeBlock(c, self.dispatch, self.dtype, name="moe")(h, ctx.edit, layer.moe_index, layer.route_only)
         else:
             h, raw = DenseMLP(c.dense_size, self.dtype, name="mlp")(h), None
-        return x + h, raw, cache
+        return x + h, (raw, cache)
+
+
+# A stack of layers of one kind: parameters stacked on a leading layer axis, one compiled body for all of them.
+LayerStack = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast), check_constancy_invariants=False)
 
 
 class MoeTransformer(nn.Module):
@@ -117,6 +159,13 @@ class MoeTransformer(nn.Module):
     `apply({"params": p}, input_ids, attention_mask=None, edit=None)` returns MoeOutput. Positions are
     derived from the attention mask (cumulative count of real tokens), so left and right padding give the
     same result at real positions as the unpadded sequence.
+
+    Layers are grouped into stacks of consecutive layers of one kind (`ModelConfig.layer_stacks`), each a
+    `nn.scan` named `stack_{j}` with parameters stacked on a leading layer axis, so compile time does not grow
+    with depth; sliding windows and MoE-layer indices are scanned data.
+
+    `analysis_only=True` computes only the router logits: no layers after the last MoE layer, no FFN in it,
+    no final norm or LM head (`logits` is None).
 
     With `cache`, input_ids [b, s] are the next s tokens: they are written at the cache's next slots,
     `attention_mask` [b, s] marks which of them are real, and positions continue from the real tokens
@@ -142,26 +191,30 @@ class MoeTransformer(nn.Module):
         x = embed[input_ids]
         cos, sin = rope_tables(c, positions)
         if cache is None:
-            query_slots = key_slots = jnp.arange(s)
-            key_valid = attention_mask
+            ctx = LayerContext(cos, sin, jnp.arange(s), jnp.arange(s), attention_mask, None, edit)
         else:
             cache = cache.mark(attention_mask)
-            query_slots, key_slots, key_valid = cache.index + jnp.arange(s), jnp.arange(cache.length), cache.valid
-        masks = {w: make_attention_mask(query_slots, key_slots, key_valid, w) for w in set(c.sliding_windows)}
-        layer_caches = [None] * c.num_layers if cache is None else list(cache.layers)
-        trace = []
-        for i in range(c.num_layers):
-            if analysis_only and i > c.moe_layers[-1]:
+            ctx = LayerContext(cos, sin, cache.index + jnp.arange(s), jnp.arange(cache.length), cache.valid,
+                               cache.index, edit)
+        windows = np.asarray([w or 0 for w in c.sliding_windows], np.int32)
+        moe_index = np.cumsum(c.moe_layer_flags, dtype=np.int32) - 1
+        last_moe = c.moe_layers[-1]
+        trace, caches = [], []
+        for j, layers in enumerate(c.layer_stacks):
+            if analysis_only and layers[0] > last_moe:
                 break
-            x, raw, layer_caches[i] = DecoderLayer(c, i, self.dispatch, self.dtype, name=f"layers_{i}")(
-                x, cos, sin, masks[c.sliding_windows[i]], edit, layer_caches[i])
-            if raw is not None:
-                trace.append(raw)
-        router_logits = jnp.stack(trace)
+            moe = c.moe_layer_flags[layers[0]]
+            route_only = np.asarray(layers) == last_moe if analysis_only and last_moe in layers else None
+            span = slice(layers[0], layers[-1] + 1)
+            data = LayerData(windows[span], moe_index[span], route_only, None if cache is None else cache.stacks[j])
+            x, (raw, layer_cache) = LayerStack(c, moe, self.dispatch, self.dtype, name=f"stack_{j}")(x, data, ctx)
+            trace += [raw] if moe else []
+            caches.append(layer_cache)
+        router_logits = jnp.concatenate(trace)
         if analysis_only:
             return MoeOutput(logits=None, router_logits=router_logits)
         if cache is not None:
-            cache = cache.replace(layers=tuple(layer_caches))
+            cache = cache.replace(stacks=tuple(caches), index=cache.index + s)
         x = Norm(c.norm, c.norm_eps, self.dtype, name="final_norm")(x)
         if c.tie_embeddings:
             logits = x @ embed.T.astype(x.dtype)

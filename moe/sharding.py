@@ -84,11 +84,17 @@ def _fit(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
-    """The PartitionSpec of the parameter at `path` (e.g. "layers_3/moe/gate") with this shape."""
+    """The PartitionSpec of the parameter at `path` (e.g. "stack_0/moe/gate") with this shape.
+
+    Parameters of a layer stack ("stack_{j}/...") have a leading layer axis, replicated (None); the rules
+    apply to the dimensions after it. Parameters that match no rule are replicated (P()).
+    """
     check_axes(mesh)
+    layer_axes = (None,) if re.match(r"stack_\d+/", path) else ()
+    shape = shape[len(layer_axes):]
     for pattern, axes in PARTITION_RULES:
         if re.fullmatch(pattern, path) and len(axes) == len(shape):
-            return _fit(axes, shape, mesh)
+            return P(*layer_axes, *_fit(axes, shape, mesh))
     return P()
 
 

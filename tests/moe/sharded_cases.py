@@ -34,12 +34,14 @@ def _max_diff(a, b) -> float:
 
 
 def _run(model, params, ids, mask, edit):
-    """Logits, router logits, routing statistics and steered logits in one compiled function."""
+    """Logits, router logits, routing statistics, steered logits and analysis mode's router logits in one
+    compiled function."""
     def run(params, ids, mask, edit):
         out = model.apply({"params": params}, ids, mask)
         steered = model.apply({"params": params}, ids, mask, edit=edit)
         stats = sequence_statistics(out.router_logits, mask, model.config.top_k, num_pairs=8)
-        return out.logits, out.router_logits, stats, steered.logits
+        analysis = model.apply({"params": params}, ids, mask, analysis_only=True)
+        return out.logits, out.router_logits, stats, steered.logits, analysis.router_logits
     return jax.jit(run)(params, ids, mask, edit)
 
 
@@ -62,11 +64,12 @@ def test_forward_stats_and_steering_match_single_device(reference, shape):
     params, ids, mask, edit, expected = reference
     mesh = make_mesh(*shape)
     sharded = shard_params(params, mesh)
-    assert sharded["layers_0"]["moe"]["gate"].sharding.spec == P("expert", None, "model")
+    assert sharded["stack_0"]["moe"]["gate"].sharding.spec == P(None, "expert", None, "model")
     got = _run(MoeTransformer(CONFIG, dispatch=ExpertParallel(mesh)), sharded, shard_batch(ids, mesh),
                shard_batch(mask, mesh), edit)
     assert _max_diff(got[3], expected[0]) > 1e-3  # the edit really steers
-    for name, a, b in zip(("logits", "router logits", "statistics", "steered logits"), got, expected):
+    names = ("logits", "router logits", "statistics", "steered logits", "analysis router logits")
+    for name, a, b in zip(names, got, expected):
         diff = _max_diff(a, b)
         print(f"mesh {shape}: {name} max |diff| {diff:.2e}")
         assert diff < TOL, (name, diff)
@@ -110,7 +113,7 @@ def test_from_pretrained_places_sharded_arrays(tmp_path):
     mesh = make_mesh(2, 2, 2)
     sharded_model, sharded = moe.from_pretrained(tmp_path / "hf", mesh=mesh)
     _assert_placed(sharded, model.config, mesh)
-    assert sharded["layers_1"]["moe"]["down"].sharding.spec == P("expert", "model", None)
+    assert sharded["stack_0"]["moe"]["down"].sharding.spec == P(None, "expert", "model", None)
     assert _max_diff(sharded, params) == 0.0
     assert sharded_model.dispatch == ExpertParallel(mesh, "auto")
 
@@ -118,7 +121,7 @@ def test_from_pretrained_places_sharded_arrays(tmp_path):
     other = make_mesh(1, 8, 1)
     _, restored = moe.from_pretrained(tmp_path / "converted", mesh=other)
     _assert_placed(restored, model.config, other)
-    assert restored["layers_0"]["moe"]["gate"].sharding.mesh.shape["expert"] == 8
+    assert restored["stack_0"]["moe"]["gate"].sharding.mesh.shape["expert"] == 8
     assert _max_diff(restored, params) == 0.0
 
 

@@ -74,7 +74,7 @@ def _wrong_shape(t):
     (lambda c: c.update(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}), None,
      UnsupportedConfigError, ["rope", "dynamic"]),
     (lambda c: c.update(hidden_act="gelu"), None, UnsupportedConfigError, ["hidden_act", "gelu"]),
-    (None, _drop_expert, CheckpointError, ["layers_1/moe/up", "experts [3]"]),
+    (None, _drop_expert, CheckpointError, ["stack_0/moe/up", "layer 1, expert 3"]),
     (None, _add_tensor, CheckpointError, ["left over", "model.layers.0.mlp.bonus.weight"]),
     (None, _wrong_shape, CheckpointError, ["q_proj", "(3, 3)"]),
 ])

@@ -84,7 +84,8 @@ def test_routing_edit_applies_at_every_step_without_recompiling(load):
     plain = run(None)
     np.testing.assert_array_equal(run(steering.empty(c.num_moe_layers, c.num_experts)), plain)
     compiled = len(traces)
-    assert compiled == 2 * c.num_moe_layers  # traced once for the prefill, once for the loop body
+    moe_stacks = sum(c.moe_layer_flags[s[0]] for s in c.layer_stacks)
+    assert compiled == 2 * moe_stacks  # each scanned MoE stack traced once for the prefill, once for the loop
     forced = [run(steering.force_on(c.num_moe_layers, c.num_experts, {0: [e], 1: [e]})) for e in range(3)]
     assert len(traces) == compiled
     assert all((f != plain).any() for f in forced)

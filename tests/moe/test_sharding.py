@@ -17,19 +17,19 @@ MESH = AbstractMesh((2, 4, 2), AXES)  # data 2, expert 4, model 2
 
 
 @pytest.mark.parametrize(("path", "shape", "spec"), [
-    ("layers_3/moe/gate", (8, 32, 16), P("expert", None, "model")),
-    ("layers_3/moe/down", (8, 16, 32), P("expert", "model", None)),
-    ("layers_3/moe/up_bias", (8, 16), P("expert", "model")),
-    ("layers_3/moe/down_bias", (8, 32), P("expert", None)),
-    ("layers_3/moe/router/proj/kernel", (32, 8), P()),
-    ("layers_3/moe/shared_expert/up/kernel", (32, 24), P(None, "model")),
-    ("layers_3/moe/shared_gate/kernel", (32, 1), P()),
-    ("layers_0/attn/k/kernel", (32, 16), P(None, "model")),
-    ("layers_0/attn/k/bias", (16,), P("model")),
-    ("layers_0/attn/o/kernel", (32, 32), P("model", None)),
-    ("layers_0/attn/o/bias", (32,), P()),
-    ("layers_1/mlp/down/kernel", (24, 32), P("model", None)),
-    ("layers_1/input_norm/scale", (32,), P()),
+    ("stack_1/moe/gate", (3, 8, 32, 16), P(None, "expert", None, "model")),  # stacked: leading layer axis
+    ("stack_1/moe/down", (3, 8, 16, 32), P(None, "expert", "model", None)),
+    ("stack_1/moe/up_bias", (3, 8, 16), P(None, "expert", "model")),
+    ("stack_1/moe/down_bias", (3, 8, 32), P(None, "expert", None)),
+    ("stack_1/moe/router/proj/kernel", (3, 32, 8), P()),
+    ("stack_1/moe/shared_expert/up/kernel", (3, 32, 24), P(None, None, "model")),
+    ("stack_1/moe/shared_gate/kernel", (3, 32, 1), P()),
+    ("stack_0/attn/k/kernel", (2, 32, 16), P(None, None, "model")),
+    ("stack_0/attn/k/bias", (2, 16), P(None, "model")),
+    ("stack_0/attn/o/kernel", (2, 32, 32), P(None, "model", None)),
+    ("stack_0/attn/o/bias", (2, 32), P()),
+    ("stack_2/mlp/down/kernel", (1, 24, 32), P(None, "model", None)),
+    ("stack_2/input_norm/scale", (1, 32), P()),
     ("embed", (64, 32), P(None, "model")),
     ("lm_head/kernel", (32, 64), P(None, "model")),
     ("lm_head/kernel", (32, 63), P(None, None)),  # "model" does not divide 63: replicated
@@ -45,7 +45,7 @@ def test_bad_meshes_name_the_sizes():
     with pytest.raises(ValueError, match=r"expert=2 x model=1 does not divide the 1 devices"):
         make_mesh(expert=2, devices=one)
     with pytest.raises(ValueError, match="expert axis size 4 does not divide the number of experts 6"):
-        partition_spec("layers_0/moe/gate", (6, 32, 16), MESH)
+        partition_spec("stack_0/moe/gate", (2, 6, 32, 16), MESH)
     with pytest.raises(ValueError, match="mesh axes"):
         partition_spec("embed", (64, 32), AbstractMesh((2, 4), ("data", "model")))
 
