@@ -6,6 +6,7 @@ what is missing or left over. Written folders appear atomically (a temporary sib
 from __future__ import annotations
 
 import json
+from functools import partial
 import re
 import shutil
 import uuid
@@ -121,10 +122,23 @@ def _shardings(targets: dict[str, jax.ShapeDtypeStruct], mesh: Mesh | None) -> d
 
 
 def _place(value: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
-    """A filled host buffer as a device array, written straight into its shards when a sharding is given."""
+    """A whole host tensor as a device array, written straight into its shards when a sharding is given."""
     if sharding is None:
         return jnp.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _empty(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding | None) -> jax.Array:
+    """A zero device array that slots are written into (sharded when a sharding is given)."""
+    return jnp.zeros(shape, dtype) if sharding is None else jax.jit(
+        lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write_slot(target: jax.Array, value: jax.Array, slot: tuple[jax.Array, ...]) -> jax.Array:
+    """target[slot] = value, in place (the target buffer is donated), so no second copy is ever held."""
+    start = tuple(slot) + (0,) * (target.ndim - len(slot))
+    return jax.lax.dynamic_update_slice(target, value.reshape((1,) * len(slot) + value.shape), start)
 
 
 def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], dtype: Any = jnp.float32,
@@ -138,7 +152,6 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
     shardings = _shardings(targets, mesh)
     placed: dict[str, jax.Array] = {}
     np_dtype = np.dtype(jnp.dtype(dtype))
-    buffers: dict[str, np.ndarray] = {}
     filled: dict[str, np.ndarray] = {}  # per-path flags over its slots (layer, or layer and expert)
     unexpected, problems = [], []
     for name, array in dequantize_pairs(tensors, np_dtype):
@@ -167,11 +180,13 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
             if flags[slot].any():
                 problems.append(f"{name}: {path} ({where or 'whole'}) filled twice")
                 continue
-            buf = buffers.setdefault(path, np.empty(shape, np_dtype))
-            buf[slot] = value.astype(np_dtype)
+            if slot:  # stacked layers / experts: fill the device array in place, one slot at a time
+                if path not in placed:
+                    placed[path] = _empty(shape, np_dtype, shardings[path])
+                placed[path] = _write_slot(placed[path], value.astype(np_dtype), tuple(np.int32(i) for i in slot))
+            else:
+                placed[path] = _place(np.ascontiguousarray(value, np_dtype), shardings[path])
             flags[slot] = True
-            if flags.all():
-                placed[path] = _place(buffers.pop(path), shardings[path])
     missing = [p for p in targets if p not in filled or not filled[p].all()]
     messages = []
     if problems:

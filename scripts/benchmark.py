@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""JAX vs HF transformers (PyTorch) on the same MoE configs, inputs and machine, measured in one run.
+
+Measures, per config: forward tokens/s of both; analysis-mode tokens/s (router logits only) against HF's
+forward; the steered/unsteered time ratio; compile time for 8 vs 48 layers; achieved matmul FLOP/s as a
+fraction of this machine's peak matmul FLOP/s measured in the same run; conversion throughput and peak
+resident memory against the checkpoint size. Prints pass/fail lines for the project's targets and writes
+everything to a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CONFIGS = {
+    "olmoe": dict(family="olmoe", hidden=1024, layers=8, heads=16, kv_heads=16, experts=64, top_k=8,
+                  expert_size=512, vocab=50304),
+    "qwen3": dict(family="qwen3_moe", hidden=1024, layers=8, heads=16, kv_heads=4, experts=128, top_k=8,
+                  expert_size=256, vocab=50304),
+}
+TARGETS = {"forward_speedup": 1.2, "analysis_speedup": 1.6, "steering_overhead": 0.03, "peak_fraction": 0.85,
+           "conversion_memory_ratio": 1.3}
+
+
+def hf_config(spec: dict, layers: int):
+    import transformers
+    common = dict(vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=layers,
+                  num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"],
+                  num_experts_per_tok=spec["top_k"], max_position_embeddings=4096)
+    if spec["family"] == "olmoe":
+        config = transformers.OlmoeConfig(**common, num_experts=spec["experts"], intermediate_size=spec["expert_size"])
+    else:
+        config = transformers.Qwen3MoeConfig(**common, num_experts=spec["experts"],
+                                             moe_intermediate_size=spec["expert_size"], intermediate_size=2048,
+                                             head_dim=spec["hidden"] // spec["heads"], norm_topk_prob=True)
+    config._attn_implementation = "eager"
+    return config
+
+
+def hf_model(spec: dict, dtype):
+    """A random HF model of the spec (eager attention, default experts implementation)."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(hf_config(spec, spec["layers"]), dtype=dtype).eval()
+
+
+def timed(fn, reps: int) -> float:
+    """Median seconds of fn() over reps runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_matmul_flops(dtype, reps: int) -> float:
+    """This machine's matmul FLOP/s through XLA on a large square product."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(timed(lambda: f(a).block_until_ready(), 1) for _ in range(max(reps, 3)))
+    return 2 * n**3 / best
+
+
+def useful_flops(spec: dict, tokens: int, seq: int, analysis: bool = False) -> float:
+    """Matmul FLOPs the forward must do: attention projections and scores, top-k experts, LM head."""
+    h, d = spec["hidden"], spec["hidden"] // spec["heads"]
+    qkvo = 2 * h * (2 * spec["heads"] * d + 2 * spec["kv_heads"] * d)
+    scores = 2 * 2 * spec["heads"] * d * seq / 2  # causal: half of QK^T and PV on average
+    experts = 2 * 3 * h * spec["expert_size"] * spec["top_k"] + 2 * h * spec["experts"]
+    layers = spec["layers"] * (qkvo + scores + experts)
+    head = 0 if analysis else 2 * h * spec["vocab"]
+    return tokens * (layers + head)
+
+
+def compile_seconds(spec: dict, layers: int, batch: int, seq: int, dtype) -> float:
+    """Seconds to lower and compile the forward of a `layers`-deep version of the spec (no weights needed)."""
+    from moe.families import config_from_hf
+    from moe.model import MoeTransformer
+    config = config_from_hf(hf_config(spec, layers).to_diff_dict())
+    model = MoeTransformer(config, dtype=dtype)
+    ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    start = time.perf_counter()
+    jax.jit(lambda p, i: model.apply({"params": p}, i)).lower(params, ids).compile()
+    return time.perf_counter() - start
+
+
+def conversion_probe(folder: Path, dtype_name: str) -> dict:
+    """Convert in a fresh process; report seconds and peak resident memory (VmHWM) above the post-import RSS."""
+    code = (
+        "import sys, time, jax, jax.numpy as jnp\n"
+        "from moe.convert import from_pretrained\n"
+        "def kb(key): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
+        "base = kb('VmRSS')\n"
+        "t = time.perf_counter()\n"
+        f"model, params = from_pretrained(sys.argv[1], dtype=jnp.{dtype_name})\n"
+        "jax.block_until_ready(params)\n"
+        "print(time.perf_counter() - t, base, kb('VmHWM'))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    seconds, base_kb, peak_kb = out.stdout.split()[-3:]
+    return {"seconds": float(seconds), "peak_rss_above_baseline_bytes": (int(peak_kb) - int(base_kb)) * 1024}
+
+
+def bench_config(name: str, spec: dict, args, peak: float) -> dict:
+    import torch
+    import moe
+    from routing import steering
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    hf = hf_model(spec, torch_dtype)
+    rng = np.random.RandomState(0)
+    ids = rng.randint(0, spec["vocab"], (args.batch, args.seq)).astype(np.int32)
+    mask = np.ones_like(ids)
+    result: dict = {"config": spec, "batch": args.batch, "seq": args.seq}
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        size = sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors"))
+        probe = conversion_probe(Path(tmp), args.dtype)
+        result["conversion"] = {**probe, "checkpoint_bytes": size, "bytes_per_second": size / probe["seconds"],
+                                "memory_ratio": probe["peak_rss_above_baseline_bytes"] / size}
+        model, params = moe.from_pretrained(tmp, dtype=jdtype, dispatch=args.dispatch)
+    hf = hf.to(device)
+    t_ids, t_mask = torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(mask, device=device)
+
+    def hf_forward():
+        with torch.no_grad():
+            hf(t_ids, attention_mask=t_mask, output_router_logits=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    forward = jax.jit(lambda p, i, m, e: model.apply({"params": p}, i, m, edit=e))
+    analysis = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, analysis_only=True).router_logits)
+    c = model.config
+    window = range(c.num_moe_layers // 4, 3 * c.num_moe_layers // 4)
+    edit = steering.soft(c.num_moe_layers, c.num_experts, {layer: list(range(0, c.num_experts, 8)) for layer in window},
+                         lam=0.5)
+    tokens = args.batch * args.seq
+    t_hf = timed(hf_forward, args.reps)
+    t_fwd = timed(lambda: forward(params, ids, mask, None).logits.block_until_ready(), args.reps)
+    t_steer = timed(lambda: forward(params, ids, mask, edit).logits.block_until_ready(), args.reps)
+    t_ana = timed(lambda: analysis(params, ids, mask).block_until_ready(), args.reps)
+    result |= {
+        "device": device, "hf_forward_tokens_per_s": tokens / t_hf, "jax_forward_tokens_per_s": tokens / t_fwd,
+        "jax_analysis_tokens_per_s": tokens / t_ana, "forward_speedup": t_hf / t_fwd, "analysis_speedup": t_hf / t_ana,
+        "steering_overhead": t_steer / t_fwd - 1, "peak_matmul_flops": peak,
+        "forward_flops_per_s": useful_flops(spec, tokens, args.seq) / t_fwd,
+    }
+    result["peak_fraction"] = result["forward_flops_per_s"] / peak
+    if not args.skip_compile:
+        result["compile_seconds"] = {str(n): compile_seconds(spec, n, args.batch, args.seq, jdtype) for n in (8, 48)}
+    return result
+
+
+def verdicts(name: str, r: dict) -> list[str]:
+    checks = [
+        ("forward_speedup", r["forward_speedup"] >= TARGETS["forward_speedup"], f"{r['forward_speedup']:.2f}x >= 1.2x"),
+        ("analysis_speedup", r["analysis_speedup"] >= TARGETS["analysis_speedup"],
+         f"{r['analysis_speedup']:.2f}x >= 1.6x"),
+        ("steering_overhead", r["steering_overhead"] <= TARGETS["steering_overhead"],
+         f"{100 * r['steering_overhead']:.1f}% <= 3%"),
+        ("peak_fraction", r["peak_fraction"] >= TARGETS["peak_fraction"], f"{100 * r['peak_fraction']:.0f}% >= 85%"),
+        ("conversion_memory", r["conversion"]["memory_ratio"] <= TARGETS["conversion_memory_ratio"],
+         f"{r['conversion']['memory_ratio']:.2f}x <= 1.3x"),
+    ]
+    return [f"{'PASS' if ok else 'FAIL'} {name} {what}: {text}" for what, ok, text in checks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="olmoe,qwen3", help=f"comma list of {sorted(CONFIGS)}")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dispatch", choices=["auto", "blocked", "ragged", "dense"], default="auto",
+                        help="expert dispatch implementation of the JAX model")
+    parser.add_argument("--skip-compile", action="store_true", help="skip the 8 vs 48 layer compile measurement")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmark.json"))
+    args = parser.parse_args(argv)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown or not names:
+        parser.error(f"unknown or empty --configs {unknown or names}; choose from {sorted(CONFIGS)}")
+    jax.config.update("jax_default_matmul_precision", "highest" if args.dtype == "float32" else "default")
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    peak = peak_matmul_flops({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype], args.reps)
+    report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "dtype": args.dtype,
+              "dispatch": args.dispatch, "batch": args.batch, "seq": args.seq,
+              "peak_matmul_flops": peak, "results": {}}
+    print(f"backend {report['backend']} {report['devices'][0]}; peak matmul {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
+    lines = []
+    for name in names:
+        r = bench_config(name, CONFIGS[name], args, peak)
+        report["results"][name] = r
+        print(f"{name}: HF {r['hf_forward_tokens_per_s']:.0f} tok/s | JAX {r['jax_forward_tokens_per_s']:.0f} tok/s "
+              f"| analysis {r['jax_analysis_tokens_per_s']:.0f} tok/s | steered/unsteered {1 + r['steering_overhead']:.3f} "
+              f"| {r['forward_flops_per_s'] / 1e9:.1f} GFLOP/s | conversion {r['conversion']['bytes_per_second'] / 1e6:.0f} MB/s, "
+              f"peak RSS {r['conversion']['memory_ratio']:.2f}x checkpoint"
+              + (f" | compile 8L {r['compile_seconds']['8']:.1f}s, 48L {r['compile_seconds']['48']:.1f}s"
+                 if "compile_seconds" in r else ""))
+        lines += verdicts(name, r)
+    print("\n".join(lines))
+    report["verdicts"] = lines
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
