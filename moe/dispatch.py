@@ -1,7 +1,7 @@
 """Exact, dropless expert dispatch: every (token, expert) assignment is computed, none is dropped.
 
 `expert_ffn` is the one entry point. Implementations:
-- "blocked": sort assignments by expert, cut each expert's rows into blocks of `block` rows, and `lax.scan`
+- "blocked": sort assignments by expert, cut each expert's rows into blocks of `block` rows (64: measured best on CPU for an OLMoE layer), and `lax.scan`
   one [block, D] x [D, F] matmul per block (empty trailing blocks are skipped with `lax.cond`). Fast on CPU.
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows (grouped GEMM kernels on GPU/TPU).
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
@@ -63,7 +63,7 @@ def _sorted_assignments(index: Array, weights: Array, num_experts: int):
     return tokens[order], experts[order], w[order], sizes
 
 
-def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, block: int = 128) -> Array:
+def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, block: int = 64) -> Array:
     """Sorted, block-padded per-expert matmuls under lax.scan."""
     p = {name: jnp.asarray(value) for name, value in p.items()}
     num_tokens, num_experts = x.shape[0], p["gate"].shape[0]
