@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
-from routing.data import length_buckets, tokenize_records
+from routing.data import ChatVariables, length_buckets, tokenize_records
 from routing.model_io import LoadedModel
 from routing.pipeline import load_passages
 from routing.scoring import pearson, spearman
@@ -62,8 +62,8 @@ def middle_divergence(curves: Mapping[str, Sequence[float]], window: tuple[int, 
 
 def compute_divergence(loaded: LoadedModel, languages: Sequence[str], *, source_dir: str | Path | None,
                        data_dir: str | Path | None = None, chat: bool = False, chat_template: str | None = None,
-                       max_passages: int | None = None, batch_size: int = 8, max_length: int = 2048,
-                       truncation: str = "keep_start", seed: int = 0,
+                       chat_variables: ChatVariables = ChatVariables(), max_passages: int | None = None,
+                       batch_size: int = 8, max_length: int = 2048, truncation: str = "keep_start", seed: int = 0,
                        progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Divergence curves from English of ``languages`` on FLORES passages (as analyze_routing measures them)."""
     codes = (REFERENCE, *(lang for lang in dict.fromkeys(languages) if lang != REFERENCE))
@@ -73,7 +73,8 @@ def compute_divergence(loaded: LoadedModel, languages: Sequence[str], *, source_
     corpora = {}
     for lang, records in passages.items():
         batches = tokenize_records(loaded.tokenizer, records, chat=chat, chat_template=chat_template,
-                                   batch_size=batch_size, buckets=buckets, key=("passage_id",), truncation=truncation)
+                                   chat_variables=chat_variables, batch_size=batch_size, buckets=buckets,
+                                   key=("passage_id",), truncation=truncation)
         corpora[lang] = analyze_corpus(loaded.model, loaded.params, batches, seed=seed, progress=progress,
                                        stats_fn=stats_fn)
     return divergence_curves(corpora, REFERENCE)

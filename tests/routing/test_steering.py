@@ -213,7 +213,8 @@ def _hard_reference(z, on, off, offset):
 def test_paper_eps_is_a_fresh_normal_draw_per_token_and_expert():
     z = _logits(10, shape=(64, 32, E))
     on, off = np.isin(np.arange(E), [1, 2]), np.isin(np.arange(E), [5])
-    edit = steering.force_on(L, E, {2: [1, 2]}, **steering.PAPER_EPS, key=7) + steering.force_off(L, E, {2: [5]}, eps=1e-9)
+    edit = (steering.force_on(L, E, {2: [1, 2]}, **steering.PAPER_EPS, key=7)
+            + steering.force_off(L, E, {2: [5]}, eps=1e-9))
     assert edit.eps == np.float32(1e-9) and edit.eps_std == np.float32(1e-6)  # the larger of each
     draws = np.asarray(steering.token_normals(edit.key, 2, jnp.asarray(z)))
     assert abs(draws.mean()) < 0.02 and abs(draws.std() - 1) < 0.02  # 16384 draws of N(0, 1)
