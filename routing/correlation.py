@@ -21,7 +21,7 @@ from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
 from routing.data import ChatVariables, length_buckets, tokenize_records
 from routing.model_io import LoadedModel
 from routing.pipeline import load_passages
-from routing.scoring import pearson, spearman
+from routing.scoring import bootstrap_correlation_ci, pearson, spearman
 
 REFERENCE = "eng_Latn"
 
@@ -84,8 +84,11 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float]) -> dict[str, Any]:
-    """Pearson and Spearman correlation (with p-values) over the languages present in both mappings.
+def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float], *, n_boot: int = 10_000,
+              seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
+    """Pearson and Spearman correlation over the languages present in both mappings: each with its two-sided
+    p-value (t test, n - 2 degrees of freedom) and a percentile bootstrap interval over languages
+    (``routing.scoring.bootstrap_correlation_ci``).
 
     Needs at least three languages; NaN (a constant input) is reported as None.
     """
@@ -96,6 +99,12 @@ def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float]) ->
     y = [accuracy[lang] for lang in languages]
     r, p = pearson(x, y)
     rho, p_rho = spearman(x, y)
+    r_ci, r_dropped = bootstrap_correlation_ci(x, y, n_boot=n_boot, seed=seed, conf=conf)
+    rho_ci, rho_dropped = bootstrap_correlation_ci(x, y, rank=True, n_boot=n_boot, seed=seed, conf=conf)
     return {"languages": languages, "n": len(languages), "pearson_r": _finite(r), "pearson_p": _finite(p),
+            "pearson_ci": [_finite(r_ci.low), _finite(r_ci.high)],
             "spearman_rho": _finite(rho), "spearman_p": _finite(p_rho),
+            "spearman_ci": [_finite(rho_ci.low), _finite(rho_ci.high)],
+            "bootstrap": {"resamples": n_boot, "confidence": conf, "seed": seed, "unit": "language",
+                          "dropped_constant": {"pearson": r_dropped, "spearman": rho_dropped}},
             "divergence": dict(zip(languages, x)), "accuracy": dict(zip(languages, y))}

@@ -9,7 +9,6 @@ uniform distributions. The clamps default to the paper's values and are keyword 
 - ``m_floor`` (1e-10): the mixture M = (P + Q) / 2 is clamped from below before dividing by it.
 - ``denom_floor`` (1e-6): the normaliser log E - (H(P) + H(Q)) / 2 is clamped from below.
 """
-import math
 
 import jax.numpy as jnp
 import numpy as np

@@ -164,7 +164,8 @@ def _correlation(prepared: PreparedSteerEval, base: list[ItemResult], out: Path)
                                     seed=config.seed)
     accuracy = {row["language"]: row["accuracy"] for row in accuracy_table(base) if row["language"] != ALL}
     middle = middle_divergence({lang: curves[lang] for lang in others}, prepared.steer.window)
-    result = {**correlate(middle, accuracy), "window": list(prepared.steer.window), "divergence_source": source,
+    result = {**correlate(middle, accuracy, n_boot=config.n_boot, seed=config.seed),
+              "window": list(prepared.steer.window), "divergence_source": source,
               "accuracy_source": "baseline run"}
     write_json(out / "correlation.json", result)
     plot_correlation(result["divergence"], result["accuracy"], result, out / "correlation.png",
