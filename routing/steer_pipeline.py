@@ -9,7 +9,8 @@
 - ``items.jsonl``: every item's baseline and steered outcome (prediction, gold, output or option scores);
 - ``steer_eval.png``: accuracies and differences per language;
 - ``correlation.json`` and ``correlation.png``: middle-layer divergence vs baseline accuracy across the
-  evaluated languages other than English (when there are at least three and it is not turned off).
+  evaluated languages other than English (Pearson and Spearman with p-values and bootstrap intervals;
+  when there are at least three and it is not turned off).
 """
 from __future__ import annotations
 

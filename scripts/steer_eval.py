@@ -6,8 +6,9 @@ Steers the experts of --experts (find_experts.py's experts.json, or a JSON list 
 --control replaces the steered experts by a control set of the same size (outside-window, language-experts,
 random). Writes to --out: results.{json,csv} (accuracy, Wilson CIs, McNemar p-value, paired bootstrap CI of the
 difference, per language and pooled), items.jsonl, steer_eval.png, config.json (the exact configuration), and
-correlation.{json,png} (middle-layer divergence vs baseline accuracy, Pearson and Spearman) when at least three
-languages other than English are evaluated.
+correlation.{json,png} (middle-layer divergence vs baseline accuracy, Pearson and Spearman with p-values and
+bootstrap intervals over languages) when at least three languages other than English are evaluated. For BELEBELE
+across all its languages, see correlate.py.
 """
 from __future__ import annotations
 
