@@ -2,6 +2,8 @@
 analyze_routing's stored results, its numbers match analyze_routing's table and direct BELEBELE scoring, it
 resumes, and bad inputs fail before any compute."""
 import csv
+import subprocess
+import sys
 import importlib.util
 import json
 from pathlib import Path
@@ -125,3 +127,9 @@ def test_bad_languages_fail_first(env, tmp_path, capsys, langs, message):
         script("correlate")(["--model", str(folder), "--langs", langs, "--out", str(tmp_path / "out"), *data])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_help_names_the_outputs():
+    result = subprocess.run([sys.executable, str(SCRIPTS / "correlate.py"), "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "correlation.{json,csv}" in result.stdout and "--routing-dir" in result.stdout
