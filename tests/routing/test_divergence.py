@@ -191,6 +191,7 @@ def test_dirichlet_samples_match_float64(concentration: float, num_experts: int)
     q = rng.dirichlet(np.full(num_experts, concentration), size=(4, 50))
     q[:, :10] = p[:, :10]  # identical pairs
     want_jsd, want_d = np64_normalized(p, q)
+    np.testing.assert_allclose(entropy(p), -(p * np.log(p + 1e-10)).sum(-1), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(jsd(p, q), want_jsd, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(entropy_normalized_jsd(p, q), want_d, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(divergence_from_reference(p, q), want_d.mean(-1), rtol=1e-4, atol=1e-6)
