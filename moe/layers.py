@@ -80,15 +80,19 @@ def _yarn(config: ModelConfig, pos_freqs: Array) -> tuple[Array, float]:
 
 
 def _longrope(config: ModelConfig, pos_freqs: Array, positions: Array) -> tuple[Array, Array]:
-    """LongRoPE: long factors and long_mscale when max(positions) + 1 > original_max_position_embeddings.
+    """LongRoPE, chosen per row: long factors and long_mscale for a row whose length (its largest position + 1)
+    exceeds original_max_position_embeddings, short ones otherwise; inv_freq [batch, 1, rotary_dim / 2] and
+    scaling [batch, 1, 1].
 
-    One choice for the whole batch, as in HF (`max(position_ids) + 1`), taken on traced values: both tables are
-    built and `jnp.where` picks one, so under jit the switch follows the real tokens (positions come from the
-    attention mask), not the padded length, and never recompiles. With a KV cache, keys cached before the
-    switch keep the short rotation: re-run the prefix when a generation crosses the threshold (HF drops its cache).
+    Each row's choice depends on its own real tokens only (positions come from the attention mask; padding
+    repeats a row's last position or is 0), as in Microsoft's reference code, so a padded batch gives every
+    row what it gets alone. (HF transformers chooses once per batch from `max(position_ids) + 1`.) Both tables
+    are built and `jnp.where` picks, so the choice is traced data and never recompiles. With a KV cache, a
+    decoding step chooses from the new token's position, and keys cached before a row crosses the threshold
+    keep the short rotation: re-run the prefix when a generation crosses it (HF drops its cache).
     """
     p = config.rope_param
-    is_long = jnp.max(positions) + 1 > p("original_max_position_embeddings")
+    is_long = (jnp.max(positions, axis=-1) + 1 > p("original_max_position_embeddings"))[:, None, None]
     short = 1.0 / (jnp.asarray(p("short_factor"), jnp.float32) * pos_freqs)
     long = 1.0 / (jnp.asarray(p("long_factor"), jnp.float32) * pos_freqs)
     return jnp.where(is_long, long, short), jnp.where(is_long, p("long_mscale"), p("short_mscale"))

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
-from routing.data import length_buckets, tokenize_records
+from routing.data import ChatVariables, length_buckets, tokenize_records
 from routing.model_io import LoadedModel
 from routing.pipeline import load_passages
-from routing.scoring import pearson, spearman
+from routing.scoring import bootstrap_correlation_ci, pearson, spearman
 
 REFERENCE = "eng_Latn"
 
@@ -62,8 +62,8 @@ def middle_divergence(curves: Mapping[str, Sequence[float]], window: tuple[int, 
 
 def compute_divergence(loaded: LoadedModel, languages: Sequence[str], *, source_dir: str | Path | None,
                        data_dir: str | Path | None = None, chat: bool = False, chat_template: str | None = None,
-                       max_passages: int | None = None, batch_size: int = 8, max_length: int = 2048,
-                       truncation: str = "keep_start", seed: int = 0,
+                       chat_variables: ChatVariables = ChatVariables(), max_passages: int | None = None,
+                       batch_size: int = 8, max_length: int = 2048, truncation: str = "keep_start", seed: int = 0,
                        progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Divergence curves from English of ``languages`` on FLORES passages (as analyze_routing measures them)."""
     codes = (REFERENCE, *(lang for lang in dict.fromkeys(languages) if lang != REFERENCE))
@@ -73,7 +73,8 @@ def compute_divergence(loaded: LoadedModel, languages: Sequence[str], *, source_
     corpora = {}
     for lang, records in passages.items():
         batches = tokenize_records(loaded.tokenizer, records, chat=chat, chat_template=chat_template,
-                                   batch_size=batch_size, buckets=buckets, key=("passage_id",), truncation=truncation)
+                                   chat_variables=chat_variables, batch_size=batch_size, buckets=buckets,
+                                   key=("passage_id",), truncation=truncation)
         corpora[lang] = analyze_corpus(loaded.model, loaded.params, batches, seed=seed, progress=progress,
                                        stats_fn=stats_fn)
     return divergence_curves(corpora, REFERENCE)
@@ -83,8 +84,11 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float]) -> dict[str, Any]:
-    """Pearson and Spearman correlation (with p-values) over the languages present in both mappings.
+def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float], *, n_boot: int = 10_000,
+              seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
+    """Pearson and Spearman correlation over the languages present in both mappings: each with its two-sided
+    p-value (t test, n - 2 degrees of freedom) and a percentile bootstrap interval over languages
+    (``routing.scoring.bootstrap_correlation_ci``).
 
     Needs at least three languages; NaN (a constant input) is reported as None.
     """
@@ -95,6 +99,12 @@ def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float]) ->
     y = [accuracy[lang] for lang in languages]
     r, p = pearson(x, y)
     rho, p_rho = spearman(x, y)
+    r_ci, r_dropped = bootstrap_correlation_ci(x, y, n_boot=n_boot, seed=seed, conf=conf)
+    rho_ci, rho_dropped = bootstrap_correlation_ci(x, y, rank=True, n_boot=n_boot, seed=seed, conf=conf)
     return {"languages": languages, "n": len(languages), "pearson_r": _finite(r), "pearson_p": _finite(p),
+            "pearson_ci": [_finite(r_ci.low), _finite(r_ci.high)],
             "spearman_rho": _finite(rho), "spearman_p": _finite(p_rho),
+            "spearman_ci": [_finite(rho_ci.low), _finite(rho_ci.high)],
+            "bootstrap": {"resamples": n_boot, "confidence": conf, "seed": seed, "unit": "language",
+                          "dropped_constant": {"pearson": r_dropped, "spearman": rho_dropped}},
             "divergence": dict(zip(languages, x)), "accuracy": dict(zip(languages, y))}

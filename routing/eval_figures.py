@@ -21,6 +21,11 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _statistic(name: str, value: float | None, ci: Sequence[float | None] | None, p: float | None) -> str:
+    interval = f" [{_number(ci[0])}, {_number(ci[1])}]" if ci else ""
+    return f"{name} = {_number(value)}{interval}, p = {'n/a' if p is None else f'{p:.2g}'}"
+
+
 def plot_delta_heatmap(delta: np.ndarray, window: tuple[int, int], experts: Sequence[tuple[int, int]],
                        path: str | Path, *, title: str) -> None:
     """Delta [moe_layers, experts] as a diverging heatmap; the window outlined, selected experts dotted."""
@@ -71,8 +76,10 @@ def plot_steering(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title:
 
 
 def plot_correlation(divergence: Mapping[str, float], accuracy: Mapping[str, float], stats: Mapping[str, Any],
-                     path: str | Path, *, xlabel: str) -> None:
-    """Per-language scatter of middle-layer divergence vs accuracy, with the least-squares line."""
+                     path: str | Path, *, xlabel: str, ylabel: str = "accuracy", title: str = "") -> None:
+    """Per-language scatter of middle-layer divergence vs accuracy, labelled by language, with the
+    least-squares line; the title states ``title``, n, and Pearson r and Spearman rho with their p-values
+    (and bootstrap intervals when ``stats`` has them)."""
     languages = list(divergence)
     x = np.array([divergence[lang] for lang in languages])
     y = np.array([accuracy[lang] for lang in languages])
@@ -86,8 +93,13 @@ def plot_correlation(divergence: Mapping[str, float], accuracy: Mapping[str, flo
         grid = np.linspace(x.min(), x.max(), 2)
         ax.plot(grid, slope * grid + intercept, "k--", linewidth=1)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy")
-    r, rho = (stats[name] for name in ("pearson_r", "spearman_rho"))
-    ax.set_title(f"Pearson r = {_number(r)}, Spearman rho = {_number(rho)} (n = {len(languages)})", fontsize=10)
+    ax.set_ylabel(ylabel)
+    confidence = stats.get("bootstrap", {}).get("confidence")
+    lines = [f"{title} (n = {len(languages)} languages)" if title else f"n = {len(languages)} languages",
+             _statistic("Pearson r", stats["pearson_r"], stats.get("pearson_ci"), stats.get("pearson_p")) + "; "
+             + _statistic("Spearman rho", stats["spearman_rho"], stats.get("spearman_ci"), stats.get("spearman_p"))]
+    if confidence:
+        lines.append(f"[{100 * confidence:g}% bootstrap intervals over languages]")
+    ax.set_title("\n".join(lines), fontsize=9)
     ax.grid(alpha=0.3)
     _save(fig, path)

@@ -15,7 +15,8 @@ class ItemResult:
     """The outcome of one evaluated item.
 
     ``prediction``/``gold``: option index (multiple choice) or number (MGSM; ``None`` when nothing was
-    extracted). ``detail``: the option log-likelihoods, or the generated text.
+    extracted). ``detail``: the option log-likelihoods, or the generated text. ``answered``: False when the
+    output never reached the part that is scored (e.g. GPT-OSS's final channel; such items are wrong).
     """
 
     language: str
@@ -24,6 +25,7 @@ class ItemResult:
     prediction: Any
     gold: Any
     detail: Any = None
+    answered: bool = True
 
     @property
     def key(self) -> tuple[str, int]:
@@ -38,7 +40,8 @@ def _by_language(results: Sequence[ItemResult]) -> dict[str, list[ItemResult]]:
 
 
 def accuracy_table(results: Sequence[ItemResult], conf: float = 0.95) -> list[dict[str, Any]]:
-    """One row per language (in first-seen order) and a pooled ``"all"`` row: n, correct, accuracy, Wilson CI."""
+    """One row per language (in first-seen order) and a pooled ``"all"`` row: n, correct, accuracy, Wilson CI,
+    and ``unanswered`` (items whose output never reached the scored part, see ``ItemResult.answered``)."""
     if not results:
         raise ValueError("no results to summarise")
     groups = {**_by_language(results), ALL: list(results)}
@@ -47,7 +50,7 @@ def accuracy_table(results: Sequence[ItemResult], conf: float = 0.95) -> list[di
         k = sum(item.correct for item in items)
         ci = wilson_interval(k, len(items), conf)
         rows.append({"language": language, "n": len(items), "correct": k, "accuracy": ci.estimate,
-                     "ci_low": ci.low, "ci_high": ci.high})
+                     "ci_low": ci.low, "ci_high": ci.high, "unanswered": sum(not item.answered for item in items)})
     return rows
 
 
@@ -57,7 +60,8 @@ def paired_table(base: Sequence[ItemResult], steer: Sequence[ItemResult], *, n_b
 
     Each row: n; baseline and steered accuracy with Wilson intervals; the difference (steered - baseline)
     with its paired bootstrap interval; the exact McNemar p-value; the discordant counts (``only_base``:
-    right only at baseline, ``only_steer``: right only when steered). Items are matched by (language, id);
+    right only at baseline, ``only_steer``: right only when steered); ``base_unanswered`` and
+    ``steer_unanswered`` (outputs that never reached the scored part). Items are matched by (language, id);
     ValueError if the two runs did not score the same items.
     """
     steer_by_key = {item.key: item for item in steer}
@@ -78,5 +82,7 @@ def paired_table(base: Sequence[ItemResult], steer: Sequence[ItemResult], *, n_b
             "mcnemar_p": mcnemar_test(b, s),
             "only_base": sum(x and not y for x, y in zip(b, s)),
             "only_steer": sum(y and not x for x, y in zip(b, s)),
+            "base_unanswered": sum(not item.answered for item in items),
+            "steer_unanswered": sum(not steer_by_key[item.key].answered for item in items),
         })
     return rows

@@ -20,7 +20,7 @@ import numpy as np
 
 from moe.config import ModelConfig
 from routing.analysis import analyze_corpus
-from routing.chat import encode_conversations
+from routing.data.chat import encode_conversations
 from routing.correlation import routing_statistics
 from routing.data import (Gsm8k, MedInstruct, bucket_batches, encode_texts, length_buckets, read_records,
                           tokenize_records)

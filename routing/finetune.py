@@ -54,12 +54,24 @@ def sequence_distributions(router_logits: jax.Array, attention_mask: jax.Array) 
     return jnp.einsum("lbse,bs->lbe", probs, real) / jnp.maximum(jnp.sum(real, axis=-1), 1.0)[None, :, None]
 
 
+def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
+    """KL(p || q) = sum p (log p - log q) over the last axis, 0 log 0 = 0.
+
+    Exact for every q a float32 holds; only entries of q that underflowed to 0 (where p > 0) are read as
+    the smallest normal float32 (1.2e-38), which keeps the loss finite.
+    """
+    tiny = jnp.finfo(jnp.float32).tiny
+    positive = p > 0
+    log_ratio = jnp.log(jnp.where(positive, p, 1.0)) - jnp.log(jnp.maximum(q, tiny))
+    return jnp.sum(jnp.where(positive, p * log_ratio, 0.0), axis=-1)
+
+
 def _divergence(p: jax.Array, q: jax.Array, kind: str) -> jax.Array:
     if kind == "jsd":
         return jsd(p, q)
     if kind == "normalized_jsd":
         return entropy_normalized_jsd(p, q)
-    return jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-12)) - jnp.log(jnp.maximum(q, 1e-12))), 0.0), -1)
+    return kl_divergence(p, q)
 
 
 def routing_alignment_loss(router_logits: jax.Array, attention_mask: jax.Array, layers: Sequence[int],

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from routing.data.chat import ChatVariables
 from routing.data.tokenize import Truncation, bucket_batches, encode_texts, length_buckets
 from routing.evaluation import ItemResult
 from routing.scoring import choose_option
@@ -35,7 +36,8 @@ class McFormat:
     options: "letter" (the continuation is the option's letter, e.g. " A") or "text" (the option's text).
     separator: put before every continuation; None means " " in plain mode and "" with a chat template
         (the answer then starts the assistant turn).
-    chat: render the prompt as one user turn of the chat template (``chat_template`` or the tokenizer's).
+    chat: render the prompt as one user turn of the chat template (``chat_template`` or the tokenizer's),
+        with ``chat_variables`` (``routing.data.chat``).
     instruction: a line put before the item ("" for none).
     """
 
@@ -43,6 +45,7 @@ class McFormat:
     separator: str | None = None
     chat: bool = False
     chat_template: str | None = None
+    chat_variables: ChatVariables = ChatVariables()
     instruction: str = ""
 
     def __post_init__(self) -> None:
@@ -87,7 +90,7 @@ def encode_items(tokenizer: PreTrainedTokenizerBase, records: Sequence[Mapping[s
                  fmt: McFormat = McFormat()) -> list[EncodedItem]:
     """Prompt and continuation ids of every record (continuations without special tokens)."""
     prompts = encode_texts(tokenizer, [mc_prompt(r, fmt.instruction) for r in records], chat=fmt.chat,
-                           chat_template=fmt.chat_template)
+                           chat_template=fmt.chat_template, chat_variables=fmt.chat_variables)
     encoded = []
     for record, prompt in zip(records, prompts):
         texts = [fmt.continuation(record, i) for i in range(len(record["choices"]))]

@@ -1,8 +1,10 @@
 """Recipes: one JSON file per row of the paper's results table, run end to end by scripts/reproduce.py.
 
 A recipe names the model (hub id or folder), the task, the expert selection (``tau`` or ``top_n``), the
-steering mode and strength, the window (MoE layers, 0-indexed, inclusive), the evaluated languages, the
-controls, and the settings of the expert search and of the evaluation. ``reproduce`` loads the model once
+steering mode and strength (``lam``; hard offsets ``eps``, ``eps_std``), the window (MoE layers, 0-indexed,
+inclusive), the evaluated languages, the controls, and the settings of the expert search and of the
+evaluation (``EvalSettings``: prompt template, instruction, stop strings, answer format, chat date,
+reasoning effort, ...). ``reproduce`` loads the model once
 and writes, in ``out_dir``: ``experts/`` (find_experts outputs), ``steered/`` (steer_eval outputs with the
 correlation), ``control-{name}/`` per control (the baseline is reused), and ``summary.json`` (pooled
 accuracies next to the paper's numbers, and the number of experts found next to the paper's).
@@ -39,6 +41,8 @@ class Recipe:
     window: str
     languages: tuple[str, ...]
     lam: float = 0.5
+    eps: float = 0.01
+    eps_std: float = 0.0
     controls: tuple[str, ...] = CONTROLS
     chat: bool = True
     dtype: str = "bfloat16"
@@ -58,6 +62,7 @@ class Recipe:
         if self.dtype not in DTYPES:
             raise ValueError(f"{self.name}: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         SteerSettings(window=(0, 0), mode=self.mode, lam=self.lam)  # validates mode and lam
+        EvalSettings(chat=self.chat, **self.eval)  # validates the evaluation settings
         for code in self.languages:
             flores_language(code)
 
@@ -99,8 +104,9 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
     evaluation = EvalSettings(chat=recipe.chat, **{**recipe.eval, **(eval_overrides or {})})
     steered = SteerEvalConfig(model=str(folder), task=recipe.task, experts=out / "experts" / "experts.json",
                               out_dir=out / "steered", languages=languages, mode=recipe.mode, lam=recipe.lam,
-                              window=recipe.window, eval=evaluation, source_dir=source_dir, tfds_dir=tfds_dir,
-                              dtype=recipe.dtype, max_passages=search.max_passages)
+                              eps=recipe.eps, eps_std=recipe.eps_std, window=recipe.window, eval=evaluation,
+                              source_dir=source_dir, tfds_dir=tfds_dir, dtype=recipe.dtype,
+                              max_passages=search.max_passages)
 
     progress(f"[{recipe.name}] loading {recipe.model}")
     loaded = load_model(folder, load_tokenizer_for(folder), recipe.dtype)

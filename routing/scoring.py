@@ -156,10 +156,10 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
         raise ValueError(f"need two 1-D sequences of equal length >= 3, got shapes {a.shape}, {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("inputs must be finite")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # tested on the values: a constant's mean may not round back to it
+        return math.nan, math.nan
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float(a @ a) * float(b @ b))
-    if denom == 0:
-        return math.nan, math.nan
     r = max(-1.0, min(1.0, float(a @ b) / denom))
     df = a.size - 2
     return r, _betainc(df / 2, 0.5, 1.0 - r * r)
@@ -183,6 +183,32 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"need two 1-D sequences of equal length, got shapes {a.shape}, {b.shape}")
     return pearson(rank_average(a), rank_average(b))
+
+
+def bootstrap_correlation_ci(x: Sequence[float], y: Sequence[float], *, rank: bool = False, n_boot: int = 10_000,
+                              seed: int = 0, conf: float = 0.95) -> tuple[Interval, int]:
+    """Percentile bootstrap interval of Pearson r (Spearman rho with ``rank``), resampling pairs (e.g.
+    languages) with replacement; also the number of resamples left out because x or y was constant in them.
+
+    The estimate is the statistic on the data. NaN bounds when every resample was left out.
+    """
+    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    estimate = (spearman if rank else pearson)(a, b)[0]
+    if n_boot < 1 or not 0 < conf < 1:
+        raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
+    index = np.random.default_rng(seed).integers(0, a.size, (n_boot, a.size))
+    xs, ys = a[index], b[index]
+    kept = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+    if not kept.any():
+        return Interval(estimate, math.nan, math.nan), n_boot
+    xs, ys = xs[kept], ys[kept]
+    if rank:
+        xs, ys = np.apply_along_axis(rank_average, 1, xs), np.apply_along_axis(rank_average, 1, ys)
+    xs, ys = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
+    r = np.clip((xs * ys).sum(1) / np.sqrt((xs * xs).sum(1) * (ys * ys).sum(1)), -1.0, 1.0)
+    alpha = (1 - conf) / 2
+    low, high = np.quantile(r, [alpha, 1 - alpha])
+    return Interval(estimate, float(low), float(high)), int(n_boot - r.size)
 
 
 def choose_option(option_logprobs: Sequence[Sequence[float]], length_normalized: bool = False) -> int:

@@ -9,7 +9,8 @@
 - ``items.jsonl``: every item's baseline and steered outcome (prediction, gold, output or option scores);
 - ``steer_eval.png``: accuracies and differences per language;
 - ``correlation.json`` and ``correlation.png``: middle-layer divergence vs baseline accuracy across the
-  evaluated languages other than English (when there are at least three and it is not turned off).
+  evaluated languages other than English (Pearson and Spearman with p-values and bootstrap intervals;
+  when there are at least three and it is not turned off).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class SteerEvalConfig:
     window: str | None = None
     control: str | None = None
     eps: float = 0.01
+    eps_std: float = 0.0
     seed: int = 0
     eval: EvalSettings = EvalSettings()
     source_dir: Path | None = None
@@ -95,8 +97,8 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     folder, model_config = peek_config(config.model) if loaded is None else (loaded.folder, loaded.config)
     experts = read_experts(config.experts)
     window = _window(config, experts, model_config.num_moe_layers)
-    steer = SteerSettings(window=window, mode=config.mode, lam=config.lam, eps=config.eps, control=config.control,
-                          seed=config.seed)
+    steer = SteerSettings(window=window, mode=config.mode, lam=config.lam, eps=config.eps, eps_std=config.eps_std,
+                          control=config.control, seed=config.seed)
     plans = plan_steering(experts, steer, languages, model_config.num_moe_layers, model_config.num_experts)
     curves = None
     if config.correlation and config.divergence is not None:
@@ -108,6 +110,7 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     tokenizer = loaded.tokenizer if loaded is not None else load_tokenizer_for(folder, config.tokenizer)
     if config.eval.chat and config.eval.chat_template is None and not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: pass a chat template or use plain prompts")
+    config = dataclasses.replace(config, eval=config.eval.resolved(tokenizer))  # results record the answer format
     data = load_task(config.task, languages, config.eval, source_dir=config.source_dir, data_dir=config.tfds_dir)
     if loaded is None:
         loaded = load_model(folder, tokenizer, config.dtype)
@@ -157,11 +160,13 @@ def _correlation(prepared: PreparedSteerEval, base: list[ItemResult], out: Path)
         loaded = prepared.loaded
         curves = compute_divergence(loaded, others, source_dir=config.source_dir, data_dir=config.tfds_dir,
                                     chat=config.eval.chat, chat_template=config.eval.chat_template,
-                                    max_passages=config.max_passages, batch_size=config.eval.batch_size,
-                                    max_length=config.eval.max_length, seed=config.seed)
+                                    chat_variables=config.eval.chat_variables, max_passages=config.max_passages,
+                                    batch_size=config.eval.batch_size, max_length=config.eval.max_length,
+                                    seed=config.seed)
     accuracy = {row["language"]: row["accuracy"] for row in accuracy_table(base) if row["language"] != ALL}
     middle = middle_divergence({lang: curves[lang] for lang in others}, prepared.steer.window)
-    result = {**correlate(middle, accuracy), "window": list(prepared.steer.window), "divergence_source": source,
+    result = {**correlate(middle, accuracy, n_boot=config.n_boot, seed=config.seed),
+              "window": list(prepared.steer.window), "divergence_source": source,
               "accuracy_source": "baseline run"}
     write_json(out / "correlation.json", result)
     plot_correlation(result["divergence"], result["accuracy"], result, out / "correlation.png",

@@ -18,8 +18,15 @@ raw logits ``z`` (E experts), one edit applies, in this order:
 
 Entries that are not selected are never touched by arithmetic (selection is by ``jnp.where``), so an
 empty edit returns its input bit-identical, ``-0.0`` and non-finite values included.
-``eps`` defaults to 0.01, the fixed offset of SteerMoE. No log-softmax is applied first (that is not
-neutral for shift-sensitive routing rules such as Phi-3.5-MoE's sparsemixer).
+
+The offset is ``eps + eps_std * n`` with ``n ~ N(0, 1)`` drawn for every (token, expert) from the edit's
+``key``, folded with the MoE layer and a hash of the token's raw logits: a token gets the same draw
+wherever it sits in a batch (padding and batch neighbours do not change it) and, during generation,
+each new token gets its own. ``eps`` defaults to 0.01, the fixed offset of SteerMoE (``eps_std`` 0: no
+draw); the paper's random offset, eps ~ N(0, 1e-6), is ``eps=0, eps_std=1e-6`` (``PAPER_EPS``). Either
+way the result is strictly above (below) every unforced expert, by the nudge above. The key and both
+offsets are arrays, so switching between them never recompiles. No log-softmax is applied first (that
+is not neutral for shift-sensitive routing rules such as Phi-3.5-MoE's sparsemixer).
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import numpy as np
 from flax import struct
 
 DEFAULT_EPS = 0.01
+PAPER_EPS = {"eps": 0.0, "eps_std": 1e-6}  # eps ~ N(0, 1e-6) per token and expert
 
 Selection = Union[Iterable[tuple[int, int]], Mapping[int, Iterable[int]]]
 LogitFn = Callable[[jax.Array, Any], jax.Array]
@@ -46,6 +54,21 @@ def _layer_row(table: jax.Array, moe_layer: Any) -> jax.Array:
     return jnp.asarray(table)[moe_layer]
 
 
+def _hash_multipliers(num_experts: int) -> np.ndarray:
+    """Distinct odd uint32 multipliers, one per expert, for the token hash."""
+    return np.array([((2 * i + 1) * 0x9E3779B1) % 2**32 | 1 for i in range(num_experts)], np.uint32)
+
+
+def token_normals(key: jax.Array, moe_layer: Any, logits: jax.Array) -> jax.Array:
+    """Standard normals [..., experts] float32, one per token and expert, from ``key``, the layer and a hash
+    of each token's logits (its float32 bit pattern): equal logits give equal draws wherever they sit."""
+    bits = jax.lax.bitcast_convert_type(logits.astype(jnp.float32), jnp.uint32)
+    token_hash = jnp.sum(bits * _hash_multipliers(logits.shape[-1]), axis=-1, dtype=jnp.uint32)
+    layer_key = jax.random.fold_in(jnp.asarray(key, jnp.uint32), moe_layer)
+    draw = jax.vmap(lambda h: jax.random.normal(jax.random.fold_in(layer_key, h), (logits.shape[-1],)))
+    return draw(token_hash.reshape(-1)).reshape(logits.shape)
+
+
 @struct.dataclass
 class RoutingEdit:
     """Soft strengths and force-on/off masks over [moe_layers, experts] (see module docstring).
@@ -57,6 +80,8 @@ class RoutingEdit:
     force_on: jax.Array
     force_off: jax.Array
     eps: jax.Array
+    eps_std: jax.Array
+    key: jax.Array  # uint32[2], raw PRNG key data
 
     @property
     def num_moe_layers(self) -> int:
@@ -85,10 +110,14 @@ class RoutingEdit:
         soft = (z32 + strength * std).astype(dtype)
         z = jnp.where(strength != 0, soft, logits)
 
+        eps_std = jnp.asarray(self.eps_std, compute)
+        offset = eps + eps_std * jax.lax.cond(eps_std > 0, lambda: token_normals(self.key, moe_layer, logits),
+                                              lambda: jnp.zeros(logits.shape, jnp.float32)).astype(compute)
         hi = jnp.max(z, axis=-1, keepdims=True)
         lo = jnp.min(z, axis=-1, keepdims=True)
-        up = jnp.maximum((hi.astype(compute) + eps).astype(dtype), jnp.nextafter(hi, jnp.asarray(jnp.inf, dtype)))
-        down = jnp.minimum((lo.astype(compute) - eps).astype(dtype), jnp.nextafter(lo, jnp.asarray(-jnp.inf, dtype)))
+        up = jnp.maximum((hi.astype(compute) + offset).astype(dtype), jnp.nextafter(hi, jnp.asarray(jnp.inf, dtype)))
+        down = jnp.minimum((lo.astype(compute) - offset).astype(dtype),
+                           jnp.nextafter(lo, jnp.asarray(-jnp.inf, dtype)))
         z = jnp.where(on, up, z)
         return jnp.where(off, down, z)
 
@@ -146,9 +175,24 @@ def _check_sizes(num_moe_layers: int, num_experts: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {n!r}")
 
 
-def _check_eps(eps: Any) -> None:
-    if isinstance(eps, (int, float, np.number)) and not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+def _check_eps(eps: Any, eps_std: Any) -> None:
+    numbers = (int, float, np.number)
+    for name, value in (("eps", eps), ("eps_std", eps_std)):
+        if isinstance(value, numbers) and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    if isinstance(eps, numbers) and isinstance(eps_std, numbers) and eps == eps_std == 0:
+        raise ValueError("eps and eps_std are both 0: give a fixed offset (eps > 0) or a random one (eps_std > 0)")
+
+
+def _key_data(key: int | jax.Array) -> jax.Array:
+    """Raw uint32[2] key data from a seed or a PRNG key (raw or typed)."""
+    if isinstance(key, (int, np.integer)):
+        return jax.random.PRNGKey(int(key))
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    if key.shape != (2,):
+        raise ValueError(f"key must be a seed or a PRNG key (raw uint32[2] or typed), got shape {key.shape}")
+    return jnp.asarray(key, jnp.uint32)
 
 
 def _layer_mask(layers: Iterable[int], num_moe_layers: int) -> np.ndarray:
@@ -187,13 +231,15 @@ def selection_mask(
     return mask
 
 
-def _edit(strength: Any, on: Any, off: Any, eps: Any) -> RoutingEdit:
-    _check_eps(eps)
+def _edit(strength: Any, on: Any, off: Any, eps: Any, eps_std: Any = 0.0, key: int | jax.Array = 0) -> RoutingEdit:
+    _check_eps(eps, eps_std)
     return RoutingEdit(
         strength=jnp.asarray(strength, jnp.float32),
         force_on=jnp.asarray(on, jnp.float32),
         force_off=jnp.asarray(off, jnp.float32),
         eps=jnp.asarray(eps, jnp.float32),
+        eps_std=jnp.asarray(eps_std, jnp.float32),
+        key=_key_data(key),
     )
 
 
@@ -230,11 +276,14 @@ def force_on(
     selection: Selection,
     layers: Iterable[int] | None = None,
     eps: float = DEFAULT_EPS,
+    eps_std: float = 0.0,
+    key: int | jax.Array = 0,
 ) -> RoutingEdit:
-    """Hard steering: selected experts get ``max(z) + eps``."""
+    """Hard steering: selected experts get ``max(z) + eps + eps_std * n``, n ~ N(0, 1) per token and expert
+    drawn from ``key`` (a seed or a PRNG key); see the module docstring."""
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
     zeros = np.zeros_like(mask)
-    return _edit(zeros, mask, zeros, eps)
+    return _edit(zeros, mask, zeros, eps, eps_std, key)
 
 
 def force_off(
@@ -243,11 +292,13 @@ def force_off(
     selection: Selection,
     layers: Iterable[int] | None = None,
     eps: float = DEFAULT_EPS,
+    eps_std: float = 0.0,
+    key: int | jax.Array = 0,
 ) -> RoutingEdit:
-    """Hard deactivation: selected experts get ``min(z) - eps``."""
+    """Hard deactivation: selected experts get ``min(z) - (eps + eps_std * n)`` (as in ``force_on``)."""
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
     zeros = np.zeros_like(mask)
-    return _edit(zeros, zeros, mask, eps)
+    return _edit(zeros, zeros, mask, eps, eps_std, key)
 
 
 def window(edit: RoutingEdit, layers: Iterable[int]) -> RoutingEdit:
@@ -272,8 +323,9 @@ def with_strength(edit: RoutingEdit, lam: float | jax.Array) -> RoutingEdit:
 def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
     """Merge two edits into one simultaneous edit (also ``a + b``); commutative.
 
-    Strengths add, force masks are OR-ed, eps is the larger one. All soft terms use the std of the
-    unedited logits, which differs from applying ``a`` then ``b`` (use ``chain`` for that).
+    Strengths add, force masks are OR-ed, eps and eps_std are the larger ones, the key is that of the edit
+    with the larger eps_std (on a tie, the elementwise max of both keys). All soft terms use the std of
+    the unedited logits, which differs from applying ``a`` then ``b`` (use ``chain`` for that).
     """
     if not (isinstance(a, RoutingEdit) and isinstance(b, RoutingEdit)):
         raise TypeError(f"compose merges RoutingEdits; use chain() for {type(a).__name__}, {type(b).__name__}")
@@ -288,6 +340,9 @@ def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
         force_on=union(a.force_on, b.force_on),
         force_off=union(a.force_off, b.force_off),
         eps=jnp.maximum(a.eps, b.eps),
+        eps_std=jnp.maximum(a.eps_std, b.eps_std),
+        key=jnp.where(a.eps_std > b.eps_std, a.key,
+                      jnp.where(b.eps_std > a.eps_std, b.key, jnp.maximum(a.key, b.key))),
     )
 
 

@@ -39,12 +39,15 @@ Pair = tuple[int, int]
 @dataclasses.dataclass(frozen=True)
 class SteerSettings:
     """How to steer: ``window`` (first, last MoE layer, 0-indexed, inclusive), ``mode``, ``lam`` (soft only),
-    ``eps`` (hard/off), an optional ``control``, and ``seed`` (random control)."""
+    the hard/off offset ``eps + eps_std * n`` (n ~ N(0, 1) per token and expert, see ``routing.steering``;
+    the paper's eps ~ N(0, 1e-6) is eps 0, eps_std 1e-6), an optional ``control``, and ``seed`` (random
+    control and the key of the offset draws)."""
 
     window: tuple[int, int]
     mode: str = "soft"
     lam: float = 0.5
     eps: float = steering.DEFAULT_EPS
+    eps_std: float = 0.0
     control: str | None = None
     seed: int = 0
 
@@ -125,9 +128,11 @@ def plan_steering(experts: ExpertSets | list[Pair], settings: SteerSettings, lan
         if settings.mode == "soft":
             edit = steering.soft(num_moe_layers, num_experts, kept, settings.lam, eps=settings.eps)
         elif settings.mode == "hard":
-            edit = steering.force_on(num_moe_layers, num_experts, kept, eps=settings.eps)
+            edit = steering.force_on(num_moe_layers, num_experts, kept, eps=settings.eps, eps_std=settings.eps_std,
+                                     key=settings.seed)
         else:
-            edit = steering.force_off(num_moe_layers, num_experts, kept, eps=settings.eps)
+            edit = steering.force_off(num_moe_layers, num_experts, kept, eps=settings.eps, eps_std=settings.eps_std,
+                                      key=settings.seed)
         plans[language] = SteeringPlan(kept, layers, edit)
     return plans
 

@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from routing.data import Belebele, Gsm8k, MedicalMcq, Mgsm, read_records
+from routing.data import DEFAULT_CHAT_DATE, Belebele, ChatVariables, Gsm8k, MedicalMcq, Mgsm, read_records
 from routing.data.languages import FLORES_200_LANGUAGES, SHORT_CODES, validate_flores_languages
 from routing.evaluation import ItemResult
-from routing.mgsm import MgsmFormat, evaluate_mgsm, gsm8k_exemplars, split_mgsm_exemplars
+from routing.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
+                          gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
 from routing.multiple_choice import McFormat, evaluate_multiple_choice
 
 TASKS = ("mgsm", "belebele", "medical")
@@ -27,6 +28,14 @@ class EvalSettings:
     """Everything that decides how a task is run (written out with the results).
 
     chat/chat_template: prompts as one user turn of the chat template, or plain text.
+    chat_date, reasoning_effort: what the chat template is rendered with (``routing.data.chat``): a fixed
+        date (YYYY-MM-DD), so prompts do not change from day to day, and GPT-OSS's reasoning effort
+        (None: the template's default).
+    instruction: text put before each prompt (both tasks).
+    template (mgsm): the prompt, with ``{question}``. stop (mgsm): strings the output is cut at (none by
+        default: the whole answer until EOS or max_new_tokens is scored). answer_format (mgsm): "plain"
+        (the whole output), "harmony" (GPT-OSS's final channel) or "auto" (decided by the chat template;
+        ``resolved`` fixes it before a run, so results record the format used).
     limit: items per language (the first ``limit`` ids all chosen languages share), None for all.
     shots/shot_source (mgsm): exemplars per prompt, from GSM8K train ("gsm8k", English shots for every
         language) or MGSM itself ("mgsm", same-language shots, removed from the evaluated items).
@@ -48,8 +57,23 @@ class EvalSettings:
     max_new_tokens: int = 256
     options: str = "letter"
     length_normalized: bool = False
+    template: str = DEFAULT_TEMPLATE
+    instruction: str = ""
+    stop: tuple[str, ...] = ()
+    answer_format: str = "auto"
+    chat_date: str = DEFAULT_CHAT_DATE
+    reasoning_effort: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.buckets is not None:
+            object.__setattr__(self, "buckets", tuple(self.buckets))
+        check_template(self.template)
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        ChatVariables(date=self.chat_date, reasoning_effort=self.reasoning_effort)  # validates both
         if self.shot_source not in SHOT_SOURCES:
             raise ValueError(f"shot_source must be one of {SHOT_SOURCES}, got {self.shot_source!r}")
         for name in ("batch_size", "max_length", "max_new_tokens"):
@@ -62,6 +86,23 @@ class EvalSettings:
         if self.buckets is not None and (not self.buckets or min(self.buckets) < 2):
             raise ValueError(f"buckets must be lengths >= 2, got {self.buckets}")
         McFormat(options=self.options)  # validates the option style
+
+    @property
+    def chat_variables(self) -> ChatVariables:
+        return ChatVariables(date=self.chat_date, reasoning_effort=self.reasoning_effort)
+
+    def mgsm_format(self) -> MgsmFormat:
+        return MgsmFormat(template=self.template, chat=self.chat, chat_template=self.chat_template,
+                          chat_variables=self.chat_variables, instruction=self.instruction, stop=self.stop,
+                          answer_format=self.answer_format)
+
+    def mc_format(self) -> McFormat:
+        return McFormat(options=self.options, chat=self.chat, chat_template=self.chat_template,
+                        chat_variables=self.chat_variables, instruction=self.instruction)
+
+    def resolved(self, tokenizer) -> "EvalSettings":
+        """These settings with answer_format "auto" replaced by the format ``tokenizer``'s template implies."""
+        return dataclasses.replace(self, answer_format=resolve_answer_format(self.mgsm_format(), tokenizer))
 
 
 @dataclasses.dataclass
@@ -134,9 +175,7 @@ def run_task(model, params, tokenizer, data: TaskData, settings: EvalSettings = 
     common = dict(batch_size=settings.batch_size, buckets=settings.buckets, max_length=settings.max_length,
                   truncation=settings.truncation, edit=edit, progress=progress)
     if data.task == "mgsm":
-        fmt = MgsmFormat(chat=settings.chat, chat_template=settings.chat_template)
-        return evaluate_mgsm(model, params, tokenizer, data.records, fmt, exemplars=data.exemplars,
+        return evaluate_mgsm(model, params, tokenizer, data.records, settings.mgsm_format(), exemplars=data.exemplars,
                              eos_ids=eos_ids, max_new_tokens=settings.max_new_tokens, **common)
-    fmt = McFormat(options=settings.options, chat=settings.chat, chat_template=settings.chat_template)
-    return evaluate_multiple_choice(model, params, tokenizer, data.records, fmt,
+    return evaluate_multiple_choice(model, params, tokenizer, data.records, settings.mc_format(),
                                     length_normalized=settings.length_normalized, **common)

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="replaces the recipe's dtype")
     parser.add_argument("--limit", type=int, help="items per language")
     parser.add_argument("--max-new-tokens", type=int, help="mgsm: tokens generated")
+    parser.add_argument("--chat-date", help="the date chat templates see, YYYY-MM-DD (replaces the recipe's)")
+    parser.add_argument("--reasoning-effort", help="passed to the chat template (replaces the recipe's)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--num-samples", type=int, help="task samples for the expert search")
     parser.add_argument("--max-passages", type=int, help="FLORES passages per language (experts, divergence)")
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, model=args.model, dtype=args.dtype, chat=False if args.plain else None)
         summary = reproduce(recipe, args.out, source_dir=args.data_dir, tfds_dir=args.tfds_dir,
                             eval_overrides=_given(limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                                  batch_size=args.batch_size),
+                                                  batch_size=args.batch_size, chat_date=args.chat_date,
+                                                  reasoning_effort=args.reasoning_effort),
                             search_overrides=_given(num_samples=args.num_samples, max_passages=args.max_passages))
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

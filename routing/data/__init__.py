@@ -7,7 +7,8 @@
     batches = tokenize_records(load_tokenizer(path), passages, chat=True, batch_size=8,
                                buckets=length_buckets(1024), key=("passage_id", "language"))
 """
-from routing.data.belebele import Belebele
+from routing.data.belebele import Belebele, belebele_languages
+from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, encode_conversations, render_chats
 from routing.data.flores import Flores200, Flores200Config, flores_config
 from routing.data.languages import (
     FLORES_200_LANGUAGES,
@@ -29,7 +30,8 @@ from routing.data.tokenize import (
 )
 
 __all__ = [
-    "Belebele", "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
+    "Belebele", "belebele_languages", "ChatVariables", "DEFAULT_CHAT_DATE", "encode_conversations", "render_chats",
+    "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
     "Mgsm", "PAPER_LANGUAGES", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts", "flores_code",
     "flores_config", "flores_languages", "length_buckets", "load_tokenizer", "parse_number", "read_records",
     "tokenize_records", "validate_flores_languages",

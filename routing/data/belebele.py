@@ -27,6 +27,17 @@ def belebele_record(row: dict[str, Any], language: str) -> dict[str, Any]:
             "label": int(label)}
 
 
+def belebele_languages(source_dir: str | Path) -> dict[str, str]:
+    """FLORES code -> BELEBELE file code (``"zho_Hans"`` -> ``"zh-s"``) of every test file in
+    ``source_dir/belebele`` (a folder laid out like shared/data); FileNotFoundError if there is none."""
+    folder = Path(source_dir) / "belebele"
+    stems = sorted(path.name.removesuffix(".jsonl") for path in folder.glob("*.jsonl")
+                   if not path.name.endswith(".examples.jsonl"))
+    if not stems:
+        raise FileNotFoundError(f"no BELEBELE files ({{code}}.jsonl) in {folder}")
+    return {flores_code(stem): stem for stem in stems}
+
+
 class Belebele(SourceBuilder):
     """BELEBELE from ``belebele/{code}.jsonl`` (split "test") and ``{code}.examples.jsonl`` (split "fewshot").
 

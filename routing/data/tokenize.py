@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from routing.data.chat import ChatVariables, encode_conversations
+
 PaddingSide = Literal["left", "right"]
 Truncation = Literal["error", "keep_start", "keep_end"]
 
@@ -31,26 +33,20 @@ def encode_texts(
     *,
     chat: bool,
     chat_template: str | None = None,
+    chat_variables: ChatVariables = ChatVariables(),
     add_special_tokens: bool = True,
 ) -> list[list[int]]:
     """Token ids of each text.
 
     ``chat=True``: the text is one user turn rendered by the chat template (``chat_template`` or the
-    tokenizer's own) with the generation prompt appended and thinking off (``enable_thinking=False``,
-    ignored by templates without it); the rendered string is tokenized without adding special tokens,
-    since the template writes its own. ``chat=False``: plain text, with the tokenizer's special tokens
-    if ``add_special_tokens``.
+    tokenizer's own) with the generation prompt appended (``routing.data.chat``: thinking off, a fixed
+    date); the rendered string is tokenized without adding special tokens, since the template writes its
+    own. ``chat=False``: plain text, with the tokenizer's special tokens if ``add_special_tokens``.
     """
     if not chat:
         return list(tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"])
-    if chat_template is None and not tokenizer.chat_template:
-        raise ValueError("chat=True but the tokenizer has no chat template; pass chat_template=... or chat=False")
-    rendered = [
-        tokenizer.apply_chat_template([{"role": "user", "content": text}], chat_template=chat_template,
-                                      tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        for text in texts
-    ]
-    return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    return encode_conversations(tokenizer, [[("user", text)] for text in texts], add_generation_prompt=True,
+                                chat_template=chat_template, variables=chat_variables)
 
 
 def length_buckets(max_length: int, min_length: int = 32) -> tuple[int, ...]:
@@ -149,6 +145,7 @@ def tokenize_records(
     padding_side: PaddingSide = "left",
     truncation: Truncation = "error",
     chat_template: str | None = None,
+    chat_variables: ChatVariables = ChatVariables(),
     add_special_tokens: bool = True,
     pad_id: int | None = None,
 ) -> list[TokenBatch]:
@@ -160,7 +157,8 @@ def tokenize_records(
     """
     get_text = (lambda record: record[text]) if isinstance(text, str) else text
     ids = encode_texts(tokenizer, [get_text(record) for record in records], chat=chat,
-                       chat_template=chat_template, add_special_tokens=add_special_tokens)
+                       chat_template=chat_template, chat_variables=chat_variables,
+                       add_special_tokens=add_special_tokens)
     keys = [tuple(record[field] for field in key) for record in records]
     if pad_id is None:
         pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)

@@ -20,6 +20,7 @@ import moe
 from moe.checkpoint_files import CheckpointError
 from moe.convert import convert_tensors
 from moe.families import UnsupportedConfigError, config_from_hf
+from moe.generate import generate
 from moe.layers import rope_tables
 from moe.mxfp4 import dequantize, dequantize_pairs
 from moe.routing_rules import route, sparsemixer_top2
@@ -138,6 +139,39 @@ def test_phimoe_longrope_switch_follows_real_tokens_under_jit(phimoe):
     _assert_parity(hf, model, forward, params, ids, mask)
     forward(params, *_batch((0, 3)))
     assert len(traces) == 1, "the short/long switch must not recompile"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_phimoe_longrope_per_row_padded_batch_equals_each_row_alone_in_hf(phimoe, side):
+    """Rows longer and shorter than ORIGINAL in one padded batch: each gets its own factors, as when run alone
+    (HF alone, with the long factors patched in; HF itself would give every row of the batch the long ones)."""
+    hf, model, _, _, params = phimoe
+    lengths = [SEQ, 5, ORIGINAL + 2, ORIGINAL]  # long, short, long, short (exactly ORIGINAL)
+    ids = np.random.RandomState(1).randint(0, TINY["vocab_size"], (len(lengths), SEQ))
+    mask = np.zeros_like(ids, dtype=np.int32)
+    for row, n in enumerate(lengths):
+        mask[row, slice(SEQ - n, None) if side == "left" else slice(0, n)] = 1
+    out = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m))(params, ids, mask)
+    for row, n in enumerate(lengths):
+        real = mask[row].astype(bool)
+        alone = ids[row, real][None]
+        with _HfLongropeFactors(hf):
+            hf_logits, hf_router = hf_forward(hf, alone, np.ones_like(alone))
+        np.testing.assert_allclose(np.asarray(out.logits)[row, real], hf_logits[0], atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.asarray(out.router_logits)[:, row, real], hf_router[:, 0], atol=TOL, rtol=0)
+
+
+def test_phimoe_generation_of_a_batch_equals_each_row_alone(phimoe):
+    """A short prompt batched with one past ORIGINAL keeps the short factors while it generates."""
+    _, model, _, _, params = phimoe
+    prompts = np.random.RandomState(2).randint(1, TINY["vocab_size"], (2, SEQ))
+    mask = np.ones_like(prompts, dtype=np.int32)
+    mask[1, :SEQ - 3] = 0  # row 1: 3 real tokens, 3 + 4 new tokens stay <= ORIGINAL
+    batch = generate(model, params, prompts, mask, max_new_tokens=4, eos_id=None)
+    for row in range(2):
+        real = mask[row].astype(bool)
+        alone = generate(model, params, prompts[row, real][None], max_new_tokens=4, eos_id=None)
+        np.testing.assert_array_equal(np.asarray(batch.tokens)[row], np.asarray(alone.tokens)[0])
 
 
 def test_phimoe_fused_layout_converts_like_per_expert_layout(phimoe):

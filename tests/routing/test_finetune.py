@@ -71,3 +71,33 @@ def test_router_only_finetuning_changes_only_routers():
         changed = not np.array_equal(before[name], after[name])
         assert changed == router_only(name), name
     assert len(history) == 2 and history[0]["extra"] > 0
+
+
+def _np64_losses(ref_logits: np.ndarray, lang_logits: np.ndarray) -> dict[str, float]:
+    """The three alignment losses in float64 (every token real): mean over layers and pairs."""
+    def q(z):
+        probs = np.exp(z - z.max(-1, keepdims=True))
+        return (probs / probs.sum(-1, keepdims=True)).mean(2)
+
+    p, r = q(ref_logits.astype(np.float64)), q(lang_logits.astype(np.float64))
+    m = np.maximum((p + r) / 2, 1e-10)
+    jsd = 0.5 * (p * np.log(p / m)).sum(-1) + 0.5 * (r * np.log(r / m)).sum(-1)
+    gap = np.log(p.shape[-1]) + 0.5 * ((p * np.log(p + 1e-10)).sum(-1) + (r * np.log(r + 1e-10)).sum(-1))
+    kl = (p * np.log(p / r)).sum(-1)
+    return {"jsd": jsd.mean(), "normalized_jsd": (jsd / np.maximum(gap, 1e-6)).mean(), "kl": kl.mean()}
+
+
+@pytest.mark.parametrize("divergence", ["jsd", "kl", "normalized_jsd"])
+def test_losses_match_float64_when_the_language_side_suppresses_an_expert(divergence):
+    """Expert 1 pushed to -20 (layer 0) and -60 (layer 1) on the language side: the loss matches float64 and its
+    gradient pushes that expert's logits up (the old float32 formulas gave 0, or clamped q at 1e-12)."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, (2, 2, 6, 4)).astype(np.float32)
+    lang = ref + rng.normal(0, 0.5, ref.shape).astype(np.float32)
+    lang[0, :, :, 1], lang[1, :, :, 1] = -20.0, -60.0
+    logits = jnp.asarray(np.concatenate([ref, lang], axis=1))
+    mask = jnp.ones((4, 6), jnp.int32)
+    want = _np64_losses(ref, lang)[divergence]
+    assert float(routing_alignment_loss(logits, mask, (0, 1), divergence)) == pytest.approx(want, rel=1e-4)
+    grad = np.asarray(jax.grad(routing_alignment_loss)(logits, mask, (0, 1), divergence))
+    assert np.isfinite(grad).all() and np.all(grad[:, 2:, :, 1] < 0)

@@ -112,6 +112,7 @@ def test_correlations_match_scipy(n, seed):
 def test_correlation_edge_cases():
     assert scoring.pearson([1, 2, 3, 4], [2, 4, 6, 8]) == (1.0, 0.0)
     assert all(math.isnan(v) for v in scoring.pearson([1, 1, 1], [1, 2, 3]))
+    assert all(math.isnan(v) for v in scoring.pearson([0.1, 0.1, 0.1], [1, 2, 3]))  # mean(0.1 x 3) != 0.1
     np.testing.assert_array_equal(scoring.rank_average([3, 1, 3, 2]), stats.rankdata([3, 1, 3, 2]))
     with pytest.raises(ValueError):
         scoring.pearson([1, 2], [1, 2])
@@ -128,3 +129,35 @@ def test_choose_option():
     for bad in [[], [[-1.0], []], [[np.nan], [-1.0]]]:
         with pytest.raises(ValueError):
             scoring.choose_option(bad)
+
+
+@pytest.mark.parametrize("rank", [False, True])
+def test_bootstrap_correlation_ci_matches_a_loop_over_scipy(rank):
+    """Percentile interval over resampled pairs; resamples with a constant side are left out and counted."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=6)
+    y = -x + rng.normal(scale=0.5, size=6)
+    y[:2] = y[2]  # ties, and constant resamples happen
+    interval, dropped = scoring.bootstrap_correlation_ci(x, y, rank=rank, n_boot=2000, seed=7)
+    index = np.random.default_rng(7).integers(0, 6, (2000, 6))
+    statistic = stats.spearmanr if rank else stats.pearsonr
+    values = [statistic(x[i], y[i])[0] for i in index if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0]
+    assert dropped == 2000 - len(values) > 0
+    np.testing.assert_allclose([interval.low, interval.high], np.quantile(values, [0.025, 0.975]), rtol=1e-12)
+    assert interval.estimate == pytest.approx(statistic(x, y)[0], rel=1e-12)
+    assert interval.low <= interval.estimate <= interval.high
+
+
+def test_bootstrap_correlation_ci_edge_cases():
+    line = scoring.bootstrap_correlation_ci([1, 2, 3, 4], [3, 5, 7, 9], n_boot=500)[0]
+    assert (line.estimate, line.low, line.high) == (1.0, 1.0, 1.0)
+    constant, dropped = scoring.bootstrap_correlation_ci([1, 2, 3], [5, 5, 6], n_boot=3, seed=1)
+    index = np.random.default_rng(1).integers(0, 3, (3, 3))
+    # y is constant when only items 0 and 1 are drawn; x when one item is drawn thrice
+    assert dropped == sum(set(i.tolist()) <= {0, 1} or len(set(i.tolist())) == 1 for i in index)
+    assert constant.estimate == pytest.approx(stats.pearsonr([1, 2, 3], [5, 5, 6])[0])
+    assert np.random.default_rng(4).integers(0, 3, (1, 3)).tolist() == [[2, 2, 2]]  # one constant resample
+    none_kept, dropped = scoring.bootstrap_correlation_ci([1, 2, 3], [5, 5, 6], n_boot=1, seed=4)
+    assert dropped == 1 and math.isnan(none_kept.low) and math.isnan(none_kept.high)
+    with pytest.raises(ValueError, match="n_boot"):
+        scoring.bootstrap_correlation_ci([1, 2, 3], [1, 2, 3], n_boot=0)

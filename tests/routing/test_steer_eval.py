@@ -1,5 +1,6 @@
 """find_experts -> steer_eval -> reproduce end to end on a tiny model with real data; bad inputs fail first."""
 import csv
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 from tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-from routing import steer_pipeline
+from routing import steer_pipeline, steering
 from routing.expert_search import ExpertSets
+from routing.steering_eval import SteeringPlan, run_baseline
+from routing.tasks import EvalSettings, run_task
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 SEARCH = ["--plain", "--num-samples", "4", "--max-passages", "2", "--max-length", "256", "--batch-size", "4"]
@@ -56,7 +59,8 @@ def test_steer_eval_mgsm_writes_every_output(env, experts):
     folder, data, runs = env
     out = runs / "mgsm"
     assert script("steer_eval")(["--model", str(folder), "--task", "mgsm", "--experts", str(experts),
-                                 "--langs", "en,fr,de,zh", "--out", str(out), *data, *EVAL]) == 0
+                                 "--langs", "en,fr,de,zh", "--out", str(out), *data, *EVAL,
+                                 "--chat-date", "2024-05-06", "--stop", "Question:", "--instruction", "Be brief."]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [row["language"] for row in rows] == ["eng_Latn", "fra_Latn", "deu_Latn", "zho_Hans", "all"]
     table = json.loads((out / "results.json").read_text())["table"]
@@ -64,8 +68,13 @@ def test_steer_eval_mgsm_writes_every_output(env, experts):
                for row in table)
     items = [json.loads(line) for line in (out / "items.jsonl").open()]
     assert len(items) == 8 and all(isinstance(i["baseline"]["detail"], str) for i in items)
+    assert all(row["base_unanswered"] == row["steer_unanswered"] == 0 for row in table)
     config = json.loads((out / "config.json").read_text())
     assert config["steering"]["window"] == [1, 2] and config["steering"]["mode"] == "soft"
+    protocol = {key: config["config"]["eval"][key] for key in ("template", "instruction", "stop", "answer_format",
+                                                               "chat_date", "reasoning_effort")}
+    assert protocol == {"template": "Question: {question}\nAnswer:", "instruction": "Be brief.", "stop": ["Question:"],
+                        "answer_format": "plain", "chat_date": "2024-05-06", "reasoning_effort": None}
     assert config["steered_experts"]["fra_Latn"]["experts"] == json.loads(experts.read_text())["task_experts"]
     assert config["items_per_language"] == {"eng_Latn": 2, "fra_Latn": 2, "deu_Latn": 2, "zho_Hans": 2}
     correlation = json.loads((out / "correlation.json").read_text())
@@ -82,10 +91,12 @@ def test_steer_eval_belebele_control_and_divergence_table(env, experts, tmp_path
     (tmp_path / "routing_table.json").write_text(json.dumps(table))
     out = runs / "belebele"
     assert script("steer_eval")(["--model", str(folder), "--task", "belebele", "--experts", str(experts),
-                                 "--langs", "en,id,vi,ms", "--mode", "hard", "--control", "random", "--out", str(out),
+                                 "--langs", "en,id,vi,ms", "--mode", "hard", "--eps", "0", "--eps-std", "1e-6",
+                                 "--control", "random", "--out", str(out),
                                  "--divergence", str(tmp_path / "routing_table.json"), *data, *EVAL,
                                  "--truncate", "keep_end", "--limit", "1"]) == 0
     config = json.loads((out / "config.json").read_text())
+    assert (config["steering"]["eps"], config["steering"]["eps_std"]) == (0.0, 1e-6)
     steered = {tuple(p) for p in config["steered_experts"]["ind_Latn"]["experts"]}
     task = {tuple(p) for p in json.loads(experts.read_text())["task_experts"]}
     assert len(steered) == 3 and not steered & task and {l for l, _ in steered} == {l for l, _ in task}
@@ -93,6 +104,32 @@ def test_steer_eval_belebele_control_and_divergence_table(env, experts, tmp_path
     assert correlation["divergence"] == pytest.approx({"ind_Latn": 0.15, "vie_Latn": 0.3, "zsm_Latn": 0.45})
     assert correlation["divergence_source"].endswith("routing_table.json")
     assert all(isinstance(i["baseline"]["detail"], list) for i in map(json.loads, (out / "items.jsonl").open()))
+
+
+def test_steered_run_applies_its_plans_edit(env, experts, shared_data, tmp_path_factory):
+    """Multiple choice scores show any change of routing: a plan forcing experts on changes them, and equals a
+    direct evaluation under that edit bit for bit; an empty plan reproduces the baseline bit for bit."""
+    folder, _, runs = env
+    settings = EvalSettings(limit=2, max_length=256, buckets=(256,), batch_size=4, truncation="keep_end")
+    config = steer_pipeline.SteerEvalConfig(
+        model=str(folder), task="belebele", experts=experts, out_dir=runs / "plans", languages=("en", "id"),
+        window="1:2", eval=settings, source_dir=shared_data, tfds_dir=tfds_dir(tmp_path_factory), n_boot=100,
+        correlation=False, progress=False)
+    prepared = steer_pipeline.prepare(config)
+    loaded, data = prepared.loaded, prepared.data
+    baseline = run_baseline(loaded, data, settings)
+
+    def steered(edit):
+        plans = {lang: SteeringPlan([(1, 0)], [1, 2], edit) for lang in data.languages}
+        return steer_pipeline.execute(dataclasses.replace(prepared, plans=plans), baseline=baseline)["steered"]
+
+    forced = steering.force_on(4, 8, [(layer, expert) for layer in range(4) for expert in (0, 1)])
+    with_edit = steered(forced)
+    assert any(s.detail != b.detail for s, b in zip(with_edit, baseline))
+    direct = run_task(loaded.model, loaded.params, loaded.tokenizer, data, settings, edit=forced,
+                      eos_ids=loaded.eos_ids)
+    assert [s.detail for s in with_edit] == [d.detail for d in direct]
+    assert [s.detail for s in steered(steering.empty(4, 8))] == [b.detail for b in baseline]
 
 
 def test_reproduce_runs_a_recipe_like_config_end_to_end(env, tmp_path):

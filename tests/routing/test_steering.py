@@ -186,7 +186,10 @@ def test_window():
         (lambda: steering.soft(L, E, [(0, 1.5)], 0.5), "expert must be an integer"),
         (lambda: steering.soft(L, E, [(0, 1, 2)], 0.5), "pairs"),
         (lambda: steering.soft(L, E, [(0, 1)], float("nan")), "lam must be finite"),
-        (lambda: steering.force_on(L, E, [(0, 1)], eps=0.0), "eps must be finite and > 0"),
+        (lambda: steering.force_on(L, E, [(0, 1)], eps=0.0), "eps and eps_std are both 0"),
+        (lambda: steering.force_on(L, E, [(0, 1)], eps=-0.1), "eps must be finite and >= 0"),
+        (lambda: steering.force_off(L, E, [(0, 1)], eps_std=float("inf")), "eps_std must be finite"),
+        (lambda: steering.force_on(L, E, [(0, 1)], key=jnp.zeros(3, jnp.uint32)), "key must be a seed"),
         (lambda: steering.empty(0, E), "num_moe_layers"),
         (lambda: steering.window(steering.empty(L, E), [L]), "out of range"),
         (lambda: steering.empty(L, E)(jnp.zeros((1, E)), L), rf"moe_layer {L} out of range"),
@@ -197,3 +200,61 @@ def test_window():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _hard_reference(z, on, off, offset):
+    """Forced values from the pre-forcing max/min, nudged one ulp past them when the offset does not move them."""
+    hi, lo = z.max(-1, keepdims=True), z.min(-1, keepdims=True)
+    up = np.maximum((hi + offset).astype(z.dtype), np.nextafter(hi, np.inf))
+    down = np.minimum((lo - offset).astype(z.dtype), np.nextafter(lo, -np.inf))
+    return np.where(off, down, np.where(on, up, z))
+
+
+def test_paper_eps_is_a_fresh_normal_draw_per_token_and_expert():
+    z = _logits(10, shape=(64, 32, E))
+    on, off = np.isin(np.arange(E), [1, 2]), np.isin(np.arange(E), [5])
+    edit = (steering.force_on(L, E, {2: [1, 2]}, **steering.PAPER_EPS, key=7)
+            + steering.force_off(L, E, {2: [5]}, eps=1e-9))
+    assert edit.eps == np.float32(1e-9) and edit.eps_std == np.float32(1e-6)  # the larger of each
+    draws = np.asarray(steering.token_normals(edit.key, 2, jnp.asarray(z)))
+    assert abs(draws.mean()) < 0.02 and abs(draws.std() - 1) < 0.02  # 16384 draws of N(0, 1)
+    assert np.corrcoef(draws[..., 1].ravel(), draws[..., 2].ravel())[0, 1] < 0.05  # experts drawn apart
+    out = np.asarray(edit(jnp.asarray(z), 2))
+    offset = np.float32(1e-9) + np.float32(1e-6) * draws  # float32 arithmetic, as in the edit
+    np.testing.assert_array_equal(out, _hard_reference(z, on, off, offset))
+    assert len(np.unique(draws[..., 1])) == draws[..., 1].size  # a fresh draw for every token
+    above = np.mean(out[..., 1] > out[..., 2])
+    assert 0.2 < above < 0.8 and np.mean(out[..., 2] > out[..., 1]) > 0.2  # forced experts in random order
+    # another key or layer draws anew; the same token anywhere in the batch draws the same
+    other_key = steering.force_on(L, E, {2: [1, 2]}, **steering.PAPER_EPS, key=8)
+    assert not np.array_equal(steering.token_normals(other_key.key, 2, jnp.asarray(z)), draws)
+    assert not np.array_equal(steering.token_normals(edit.key, 1, jnp.asarray(z)), draws)
+    moved = np.roll(z, 5, axis=1)[::-1]
+    np.testing.assert_array_equal(edit(jnp.asarray(moved), 2), np.roll(out, 5, axis=1)[::-1])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_paper_eps_keeps_forced_experts_strictly_above_and_below(dtype):
+    z = jnp.asarray(_logits(11, shape=(32, 32, E), scale=40.0)).astype(dtype)
+    z = z.at[0, 0].set(jnp.full(E, 300.0, dtype)).at[0, 1, :4].set(jnp.full(4, -2.0, dtype))  # ties
+    edit = (steering.force_on(L, E, [(3, 5), (3, 6)], **steering.PAPER_EPS)
+            + steering.force_off(L, E, [(3, 0), (3, 1)], **steering.PAPER_EPS))
+    out = np.asarray(edit(z, 3).astype(jnp.float32))
+    unforced = out[..., [2, 3, 4, 7]]
+    assert (out[..., [5, 6]].min(-1) > unforced.max(-1)).all()
+    assert (out[..., [0, 1]].max(-1) < unforced.min(-1)).all()
+
+
+def test_switching_between_fixed_and_random_eps_does_not_recompile():
+    traces = []
+
+    @jax.jit
+    def f(z, edit):
+        traces.append(1)
+        return edit(z, 1)
+
+    z = jnp.asarray(_logits(12))
+    outputs = [f(z, steering.force_on(L, E, [(1, 3)], **kwargs))
+               for kwargs in ({}, steering.PAPER_EPS, {**steering.PAPER_EPS, "key": 1}, {"eps": 0.5, "eps_std": 0.1})]
+    assert len(traces) == 1
+    assert len({np.asarray(o)[..., 3].tobytes() for o in outputs}) == 4
