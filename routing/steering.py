@@ -20,6 +20,11 @@ Entries that are not selected are never touched by arithmetic (selection is by `
 empty edit returns its input bit-identical, ``-0.0`` and non-finite values included.
 ``eps`` defaults to 0.01, the fixed offset of SteerMoE. No log-softmax is applied first (that is not
 neutral for shift-sensitive routing rules such as Phi-3.5-MoE's sparsemixer).
+
+Strengths and ``eps`` must be finite in float32 (``1e39`` is not: it becomes inf, and inf x 0 gives NaN
+logits); the constructors raise ValueError otherwise, for Python numbers and concrete arrays alike (traced
+values, e.g. under ``jax.vmap``, cannot be checked). Every edit declares ``num_moe_layers``; the model
+refuses an edit built for another number of MoE layers.
 """
 from __future__ import annotations
 
@@ -36,6 +41,17 @@ DEFAULT_EPS = 0.01
 
 Selection = Union[Iterable[tuple[int, int]], Mapping[int, Iterable[int]]]
 LogitFn = Callable[[jax.Array, Any], jax.Array]
+
+
+def finite_float32(value: Any, what: str) -> jax.Array:
+    """``value`` as a float32 array; ValueError naming ``what`` if a concrete entry is not finite in float32."""
+    with np.errstate(over="ignore"):
+        array = jnp.asarray(value, jnp.float32)
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+        shown = (f"{float(np.asarray(value))!r}" if np.ndim(value) == 0
+                 else f"an array with {int(jnp.sum(~jnp.isfinite(array)))} non-finite entries")
+        raise ValueError(f"{what} must be finite in float32 (|x| <= 3.4e38, not NaN), got {shown}")
+    return array
 
 
 def _layer_row(table: jax.Array, moe_layer: Any) -> jax.Array:
@@ -121,6 +137,15 @@ class ChainedEdit:
 
     edits: tuple
 
+    @property
+    def num_moe_layers(self) -> int | None:
+        """The MoE-layer count its RoutingEdits were built for (None when it holds none); ValueError if they
+        disagree."""
+        counts = sorted({edit.num_moe_layers for edit in self.edits if isinstance(edit, RoutingEdit)})
+        if len(counts) > 1:
+            raise ValueError(f"chained edits were built for different numbers of MoE layers: {counts}")
+        return counts[0] if counts else None
+
     def __call__(self, logits: jax.Array, moe_layer: Any) -> jax.Array:
         for edit in self.edits:
             logits = edit(logits, moe_layer)
@@ -190,10 +215,10 @@ def selection_mask(
 def _edit(strength: Any, on: Any, off: Any, eps: Any) -> RoutingEdit:
     _check_eps(eps)
     return RoutingEdit(
-        strength=jnp.asarray(strength, jnp.float32),
+        strength=finite_float32(strength, "steering strength"),
         force_on=jnp.asarray(on, jnp.float32),
         force_off=jnp.asarray(off, jnp.float32),
-        eps=jnp.asarray(eps, jnp.float32),
+        eps=finite_float32(eps, "eps"),
     )
 
 
@@ -217,11 +242,10 @@ def soft(
     ``lam`` may be a (traced) scalar array, so ``jax.vmap`` over it works; the strength is
     ``lam * selection_mask``.
     """
-    if isinstance(lam, (int, float, np.number)) and not math.isfinite(lam):
-        raise ValueError(f"lam must be finite, got {lam!r}")
+    lam = finite_float32(lam, "lam")
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
     zeros = np.zeros_like(mask)
-    return _edit(jnp.asarray(lam, jnp.float32) * mask, zeros, zeros, eps)
+    return _edit(lam * mask, zeros, zeros, eps)
 
 
 def force_on(
@@ -266,7 +290,7 @@ def with_strength(edit: RoutingEdit, lam: float | jax.Array) -> RoutingEdit:
     Use with ``jax.vmap`` over ``lam``; masks and eps are kept.
     """
     mask = (edit.strength != 0).astype(jnp.float32)
-    return edit.replace(strength=jnp.asarray(lam, jnp.float32) * mask)
+    return edit.replace(strength=finite_float32(lam, "lam") * mask)
 
 
 def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
@@ -283,16 +307,14 @@ def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
     def union(x: jax.Array, y: jax.Array) -> jax.Array:
         return ((x != 0) | (y != 0)).astype(jnp.float32)
 
-    return RoutingEdit(
-        strength=a.strength + b.strength,
-        force_on=union(a.force_on, b.force_on),
-        force_off=union(a.force_off, b.force_off),
-        eps=jnp.maximum(a.eps, b.eps),
-    )
+    return _edit(a.strength + b.strength, union(a.force_on, b.force_on), union(a.force_off, b.force_off),
+                 jnp.maximum(a.eps, b.eps))
 
 
 def chain(*edits: Edit | LogitFn) -> ChainedEdit:
-    """Apply ``edits`` in sequence; plain callables are wrapped in ``LogitFunction``; chains flatten."""
+    """Apply ``edits`` in sequence; plain callables are wrapped in ``LogitFunction``; chains flatten.
+
+    Its RoutingEdits must share one number of MoE layers (ValueError otherwise)."""
     if not edits:
         raise ValueError("chain needs at least one edit")
     flat: list = []
@@ -305,4 +327,6 @@ def chain(*edits: Edit | LogitFn) -> ChainedEdit:
             flat.append(LogitFunction(edit))
         else:
             raise TypeError(f"not an edit or callable: {edit!r}")
-    return ChainedEdit(tuple(flat))
+    chained = ChainedEdit(tuple(flat))
+    chained.num_moe_layers  # raises ValueError if its RoutingEdits disagree
+    return chained

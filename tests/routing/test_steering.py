@@ -186,6 +186,14 @@ def test_window():
         (lambda: steering.soft(L, E, [(0, 1.5)], 0.5), "expert must be an integer"),
         (lambda: steering.soft(L, E, [(0, 1, 2)], 0.5), "pairs"),
         (lambda: steering.soft(L, E, [(0, 1)], float("nan")), "lam must be finite"),
+        (lambda: steering.soft(L, E, [(0, 1)], 1e39), r"lam must be finite in float32 .* got 1e\+39"),
+        (lambda: steering.soft(L, E, [(0, 1)], -np.float64(4e38)), "lam must be finite in float32"),
+        (lambda: steering.soft(L, E, [(0, 1)], jnp.array(jnp.inf)), "lam must be finite in float32"),
+        (lambda: steering.with_strength(steering.soft(L, E, [(0, 1)], 0.5), np.nan), "lam must be finite"),
+        (lambda: steering.soft(L, E, [(0, 1)], 3e38) + steering.soft(L, E, [(0, 1)], 3e38),
+         "steering strength must be finite in float32 .* 1 non-finite"),
+        (lambda: steering.force_on(L, E, [(0, 1)], eps=1e39), "eps must be finite in float32"),
+        (lambda: steering.chain(steering.empty(L, E), steering.empty(L + 1, E)), r"different numbers .* \[4, 5\]"),
         (lambda: steering.force_on(L, E, [(0, 1)], eps=0.0), "eps must be finite and > 0"),
         (lambda: steering.empty(0, E), "num_moe_layers"),
         (lambda: steering.window(steering.empty(L, E), [L]), "out of range"),
@@ -197,3 +205,25 @@ def test_window():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_model_refuses_an_edit_for_another_number_of_moe_layers():
+    from moe import ModelConfig, MoeTransformer
+    from moe.generate import generate
+
+    config = ModelConfig(family="olmoe", vocab_size=16, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2,
+                         head_dim=4, num_experts=E, top_k=2, expert_size=8)
+    model = MoeTransformer(config)
+    ids = jnp.array([[1, 2, 3]])
+    params = model.init(jax.random.PRNGKey(0), ids)["params"]
+    forward = jax.jit(lambda edit: model.apply({"params": params}, ids, edit=edit).logits)
+    for layers in (4, 1):
+        edit = steering.soft(layers, E, [(0, 1)], 0.5)
+        for run in (lambda: model.apply({"params": params}, ids, edit=edit), lambda: forward(edit),
+                    lambda: generate(model, params, ids, max_new_tokens=2, edit=edit),
+                    lambda: forward(steering.chain(edit, lambda z, layer: z))):
+            with pytest.raises(ValueError, match=f"built for {layers} MoE layers; this model has 2"):
+                run()
+    steered = forward(steering.soft(2, E, [(1, 1)], 5.0))
+    assert not np.array_equal(np.asarray(steered), np.asarray(forward(None)))  # a fitting edit steers
+    assert np.array_equal(np.asarray(forward(steering.chain(lambda z, layer: z))), np.asarray(forward(None)))
