@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from routing.cli import user_errors
 from routing.model_io import DTYPES
 from routing.steer_pipeline import SteerEvalConfig, execute, prepare
 from routing.steering_eval import CONTROLS, MODES
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--experts", required=True, type=Path, help="expert file (experts.json or a JSON list)")
     parser.add_argument("--mode", default="soft", help=f"one of {', '.join(MODES)} (default soft)")
-    parser.add_argument("--lam", type=float, default=0.5, help="soft steering strength (default 0.5)")
+    parser.add_argument("--lam", type=float, help="soft steering strength (default 0.5); soft mode only")
     parser.add_argument("--eps", type=float, default=0.01, help="hard steering offset (default 0.01)")
     parser.add_argument("--window", help="FIRST:LAST MoE layers, 0-indexed, inclusive (default: the expert file's)")
     parser.add_argument("--langs", required=True, help="comma-separated languages (FLORES or short codes)")
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser):
         settings = EvalSettings(
             chat=args.chat, chat_template=args.chat_template.read_text() if args.chat_template else None,
             batch_size=args.batch_size, max_length=args.max_length, limit=args.limit,
@@ -83,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             n_boot=args.n_boot, correlation=args.correlation, divergence=args.divergence,
             max_passages=args.max_passages)
         prepared = prepare(config)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
     summary = execute(prepared)
     for row in summary["table"]:
         print(f"{row['language']:>9}  n={row['n']:<4} baseline {row['base_accuracy']:.3f}  steered "
