@@ -7,6 +7,7 @@ checkpoint, inside it or around it.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from functools import partial
@@ -48,7 +49,10 @@ def read_converted_config(folder: Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     try:
         return ModelConfig.from_json(path.read_text())
-    except ValueError as err:  # invalid JSON or fields
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err}); is the file truncated? Convert the checkpoint "
+                              "again") from err
+    except ValueError as err:  # unknown, missing or mistyped fields
         raise CheckpointError(f"{path}: {err}; convert the checkpoint again") from err
 
 

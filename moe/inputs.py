@@ -39,7 +39,7 @@ def check_inputs(vocab_size: int, input_ids: Any, attention_mask: Any = None) ->
                                  f"({n} such ids): wrong tokenizer for this model?")
     if attention_mask is not None:
         _check_values(attention_mask, lambda mask: (mask == 0) | (mask == 1), MASK_RULE,
-                      lambda bad, n: f"{MASK_RULE}, found {bad!r}")
+                      lambda bad, n: f"{MASK_RULE}, found {bad.item()!r}")
 
 
 def _check_values(x: Any, valid: Callable[[Any], Any], rule: str, describe: Callable[[Any, int], str]) -> None:

@@ -261,7 +261,7 @@ def test_malformed_index_and_converted_config_are_named(tmp_path):
     config = converted / "moe_config.json"
     full = config.read_text()
     config.write_text(full[:60])
-    with pytest.raises(CheckpointError, match="moe_config.json: .*convert the checkpoint again"):
+    with pytest.raises(CheckpointError, match="moe_config.json: invalid JSON .*Convert the checkpoint again"):
         moe.from_pretrained(converted)
     config.write_text(json.dumps({k: v for k, v in json.loads(full).items() if k != "num_experts"}))
     with pytest.raises(CheckpointError, match=r"moe_config.json: ModelConfig fields \['num_experts'\] are missing"):

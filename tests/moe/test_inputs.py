@@ -37,7 +37,7 @@ def test_out_of_vocabulary_ids_raise_like_hf(olmoe, bad_id):
 
 
 @pytest.mark.parametrize("ids, mask, message", [
-    (np.ones((1, 4), np.int32), np.array([[1, 1, 2, 1]]), "only 0 .padding. and 1"),
+    (np.ones((1, 4), np.int32), np.array([[1, 1, 2, 1]]), r"only 0 \(padding\) and 1 \(real token\), found 2\b"),
     (np.ones((1, 4), np.int32), np.array([[1, 1, -1, 1]]), "only 0 .padding. and 1"),
     (np.ones((2, 4), np.int32), np.ones((2, 5), np.int32), r"attention_mask has shape \(2, 5\), input_ids \(2, 4\)"),
     (np.ones((2, 4), np.int32), np.ones(4, np.int32), r"attention_mask has shape \(4,\)"),
