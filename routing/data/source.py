@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from moe.atomic import check_output_folder
 from moe.network import offline_reason
 from routing.cache import content_key
 
@@ -38,10 +39,10 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ``SOURCE_URLS`` (relative path -> public URL) through TFDS's download manager, after a quick check
     that the server answers (`moe.network.offline_reason`). Builders whose data has no stable public URL
     leave ``SOURCE_URLS`` empty and need ``source_dir``. Subclasses list the files a config reads in
-    ``source_files``. Prepared files go to ``data_dir`` (TFDS's own argument), keyed by the content of the
-    local source files (module docstring); reading them back takes the same ``source_dir``, whose files
-    are not read again while unchanged. Builders are not registered with TFDS by name (``tfds.builder``);
-    construct the classes directly.
+    ``source_files``. Prepared files go to ``data_dir`` (TFDS's own argument; checked to be a writable
+    folder before anything is read), keyed by the content of the local source files (module docstring);
+    reading them back takes the same ``source_dir``, whose files are not read again while unchanged.
+    Builders are not registered with TFDS by name (``tfds.builder``); construct the classes directly.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -55,6 +56,8 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, *, source_dir: str | Path | None = None,
                  config: str | tfds.core.BuilderConfig | None = None, **kwargs: Any):
         kwargs.setdefault("file_format", tfds.core.FileFormat.ARRAY_RECORD)
+        if kwargs.get("data_dir") is not None:
+            check_output_folder(kwargs["data_dir"], may_exist=True)
         self.source_dir = None if source_dir is None else Path(source_dir)
         if self.source_dir is not None:
             base = self._config_object(config)

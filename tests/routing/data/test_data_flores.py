@@ -75,6 +75,12 @@ def test_config_names_follow_languages():
         flores_config("documents", ["eng_Latn"])
 
 
+def test_unusable_data_dir_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+        Flores200(languages=["eng_Latn"], data_dir=tmp_path / "file")
+
+
 def test_bad_languages_and_configs(shared_data, tmp_path):
     with pytest.raises(ValueError, match="arb_Arab"):
         Flores200(languages=["arb"], data_dir=tmp_path)
