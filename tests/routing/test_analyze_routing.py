@@ -316,3 +316,19 @@ def test_wrong_tokenizer_and_unusable_out_fail_before_any_work(setup: dict, tmp_
         assert code == 2 and calls == 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_model_fingerprint_follows_file_contents_not_hidden_caches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MOE_ROUTING_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    key = routing.pipeline.model_fingerprint(folder)
+    (folder / ".cache" / "huggingface").mkdir(parents=True)
+    (folder / ".cache" / "huggingface" / "model.safetensors.lock").write_text("download bookkeeping")
+    assert routing.pipeline.model_fingerprint(folder) == key
+    (folder / "model.safetensors").write_bytes(b"weights-2")  # same size, other weights
+    assert routing.pipeline.model_fingerprint(folder) != key
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        routing.pipeline.model_fingerprint(tmp_path / "cache")
