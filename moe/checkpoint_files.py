@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -20,6 +21,18 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, malformed, or does not fit the model."""
 
 
+def read_json(path: Path, kind: type = dict) -> Any:
+    """The JSON value of a file, which must be a `kind` (e.g. an object); CheckpointError naming the file."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: invalid JSON ({err}); is the file truncated?") from err
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                              f"got {type(value).__name__}")
+    return value
+
+
 def safetensors_header(path: Path) -> tuple[dict, int]:
     """The JSON header of a .safetensors file and the byte offset where tensor data starts."""
     with open(path, "rb") as f:
@@ -27,12 +40,35 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
         if len(raw) != 8:
             raise CheckpointError(f"{path}: not a safetensors file (too short)")
         (size,) = struct.unpack("<Q", raw)
+        if size > path.stat().st_size - 8:
+            raise CheckpointError(f"{path}: not a safetensors file (header size {size} exceeds the file)")
         try:
             header = json.loads(f.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: not a safetensors file ({err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_entry(path, name, info)
     return header, 8 + size
+
+
+def _check_entry(path: Path, name: str, info: Any) -> None:
+    """A header entry must give a known dtype, a shape and data offsets whose span fits shape x dtype."""
+    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+        raise CheckpointError(f"{path}: tensor {name!r} lacks dtype, shape or data_offsets in the header")
+    if info["dtype"] not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} or data_offsets {offsets!r}")
+    size = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).itemsize
+    if offsets[1] - offsets[0] != size:
+        raise CheckpointError(f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes, but shape {shape} "
+                              f"of {info['dtype']} needs {size}: the header is corrupt")
 
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -44,8 +80,6 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     header, start = safetensors_header(path)
     with open(path, "rb") as f:
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
             begin, end = info["data_offsets"]
             dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
             f.seek(start + begin)
@@ -59,7 +93,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
     """The weight files of an HF checkpoint folder: sharded (index), single safetensors, or pytorch_model.bin."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index).get("weight_map")
+        if not (isinstance(weight_map, dict) and weight_map and all(isinstance(v, str) for v in weight_map.values())):
+            raise CheckpointError(f"{index}: no 'weight_map' object of tensor name -> shard file")
         files = [folder / name for name in sorted(set(weight_map.values()))]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:

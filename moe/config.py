@@ -10,6 +10,9 @@ EXPERT_ACTIVATIONS = ("swiglu", "clamped_swiglu")
 NORM_KINDS = ("rms", "layer")
 QK_NORM_KINDS = (None, "projection", "head")
 ROPE_KINDS = ("default", "linear", "yarn", "longrope")
+# What each scalar field must hold (by its annotation); bools are never accepted as numbers.
+FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "str | None": (str, type(None)),
+               "float | None": (int, float, type(None))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,12 @@ class ModelConfig:
     max_position_embeddings: int = 4096
 
     def __post_init__(self) -> None:
+        wrong = [f"{f.name} = {getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.type in FIELD_TYPES
+                 and not _is(getattr(self, f.name), FIELD_TYPES[f.type])]
+        if not all(_is(w, (int, type(None))) for w in self.sliding_windows):
+            wrong.append(f"sliding_windows = {list(self.sliding_windows)!r}")
+        if wrong:
+            raise ValueError("invalid ModelConfig: wrong type for " + ", ".join(wrong))
         n = self.num_layers
         if not self.moe_layer_flags:
             object.__setattr__(self, "moe_layer_flags", (True,) * n)
@@ -115,15 +124,27 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
+        """The config of `to_json`'s text; ValueError for invalid JSON, unknown, missing or mistyped fields."""
         fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError(f"a ModelConfig is a JSON object, got {type(fields).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.name not in fields)
+        if missing:
+            raise ValueError(f"ModelConfig fields {missing} are missing")
         fields["moe_layer_flags"] = tuple(fields.get("moe_layer_flags", ()))
         fields["sliding_windows"] = tuple(fields.get("sliding_windows", ()))
         fields["rope_params"] = tuple(tuple(p) for p in fields.get("rope_params", ()))
         return cls(**fields)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is no int or float."""
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
 
 
 def _freeze(value: Any) -> Any:

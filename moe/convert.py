@@ -1,15 +1,16 @@
 """HF checkpoint -> parameters of MoeTransformer, streamed tensor by tensor, and the orbax format.
 
 Every checkpoint tensor is used exactly once and every parameter is filled, or conversion fails naming
-what is missing or left over. Written folders appear atomically (a temporary sibling, renamed at the end).
+what is missing or left over. Written folders appear atomically (`moe.atomic.atomic_folder`: built in a
+hidden sibling, swapped in at the end), and an output is checked before any work: never the source
+checkpoint, inside it or around it.
 """
 from __future__ import annotations
 
 import json
-from functools import partial
 import re
 import shutil
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,13 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from moe.checkpoint_files import CheckpointError, iter_tensors
+from moe.atomic import atomic_folder, check_output_folder
+from moe.checkpoint_files import CheckpointError, iter_tensors, read_json
 from moe.checkpoint_names import NAME_MAPS, PROJ
 from moe.config import ModelConfig
 from moe.expert_parallel import ExpertParallel
 from moe.families import config_from_hf
 from moe.model import MoeTransformer
 from moe.mxfp4 import dequantize_pairs
+from moe.network import offline_reason
 from moe.sharding import check_axes, partition_spec
 
 CONFIG_FILE = "moe_config.json"
@@ -34,14 +37,33 @@ SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
 
 
 def read_hf_config(folder: Path) -> ModelConfig:
+    """The ModelConfig of an HF checkpoint folder's config.json; errors name the file and the field."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (not an HF checkpoint folder)")
+    return config_from_hf(read_json(path, dict), str(path))
+
+
+def read_converted_config(folder: Path) -> ModelConfig:
+    """The ModelConfig of a folder written by `save_converted`; errors name the file and the field."""
+    path = Path(folder) / CONFIG_FILE
     try:
-        raw = json.loads(path.read_text())
+        return ModelConfig.from_json(path.read_text())
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: invalid JSON ({err})") from err
-    return config_from_hf(raw, str(path))
+        raise CheckpointError(f"{path}: invalid JSON ({err}); is the file truncated? Convert the checkpoint "
+                              "again") from err
+    except ValueError as err:  # unknown, missing or mistyped fields
+        raise CheckpointError(f"{path}: {err}; convert the checkpoint again") from err
+
+
+def read_config(folder: Path) -> ModelConfig:
+    """The architecture of a converted or an HF folder, weights unread; FileNotFoundError if it is neither."""
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file():
+        return read_converted_config(folder)
+    if (folder / "config.json").is_file():
+        return read_hf_config(folder)
+    raise FileNotFoundError(f"{folder}: not a model folder (no config.json or {CONFIG_FILE})")
 
 
 def abstract_params(config: ModelConfig, dtype: Any = jnp.float32) -> dict[str, jax.ShapeDtypeStruct]:
@@ -161,6 +183,9 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
         if not places:
             unexpected.append(name)
             continue
+        if array.dtype.kind in "biu":  # every parameter is a float; MXFP4's integer halves are dequantised above
+            problems.append(f"{name}: stored as {array.dtype}, an integer type, for a float parameter")
+            continue
         for template_path, expert, value in places:
             path, slot = _stacked(template_path, config)
             slot += () if expert is None else (expert,)
@@ -218,14 +243,10 @@ def _checkpointer():
 
 def save_converted(out_dir: Path, config: ModelConfig, params: dict[str, Any], side_files_from: Path | None = None,
                    overwrite: bool = False) -> Path:
-    """Write config + orbax params (+ tokenizer/config side files) to out_dir atomically."""
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose another output folder or pass overwrite=True")
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.mkdir()
+    """Write config + orbax params (+ tokenizer/config side files of `side_files_from`, the source folder) to
+    out_dir atomically; an existing out_dir is replaced only with `overwrite` (`moe.atomic.atomic_folder`)."""
+    check_output_folder(out_dir, may_exist=overwrite, source=side_files_from)
+    with atomic_folder(out_dir) as tmp:
         ckpt = _checkpointer()
         ckpt.save(tmp / PARAMS_DIR, params)
         ckpt.wait_until_finished()
@@ -233,19 +254,28 @@ def save_converted(out_dir: Path, config: ModelConfig, params: dict[str, Any], s
         for name in SIDE_FILES if side_files_from else ():
             if (Path(side_files_from) / name).is_file():
                 shutil.copy2(Path(side_files_from) / name, tmp / name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir).absolute()
+
+
+def convert_checkpoint(source: str | Path, out_dir: Path, dtype: Any = jnp.float32, overwrite: bool = False
+                       ) -> ModelConfig:
+    """scripts/convert.py: check the output folder first (not the source, inside it or around it; replaced
+    only with `overwrite`), then convert the HF folder or hub id `source` and save it."""
+    check_output_folder(out_dir, may_exist=overwrite)  # before a hub id is downloaded
+    folder = resolve_model_path(source)
+    check_output_folder(out_dir, may_exist=overwrite, source=folder)
+    config, params = convert_hf_folder(folder, dtype)
+    save_converted(out_dir, config, params, side_files_from=folder, overwrite=overwrite)
+    return config
 
 
 def load_converted(folder: Path, dtype: Any = jnp.float32,
                    mesh: Mesh | None = None) -> tuple[ModelConfig, dict[str, Any]]:
     """Restore a converted folder; with `mesh`, orbax reads each parameter straight into its shards."""
     folder = Path(folder).absolute()
-    config = ModelConfig.from_json((folder / CONFIG_FILE).read_text())
+    config = read_converted_config(folder)
+    if not (folder / PARAMS_DIR).is_dir():
+        raise CheckpointError(f"{folder}: {CONFIG_FILE} without its {PARAMS_DIR}/ folder; convert the checkpoint again")
     targets = abstract_params(config, dtype)
     shardings = _shardings(targets, mesh)
     target = _unflatten({p: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=shardings[p]) for p, t in targets.items()})
@@ -253,22 +283,31 @@ def load_converted(folder: Path, dtype: Any = jnp.float32,
     return config, params
 
 
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt"]
+
+
 def resolve_model_path(path: str | Path) -> Path:
-    """A local model folder, or an HF hub id downloaded with huggingface_hub (needs a network)."""
+    """A local model folder, or an HF hub id: downloaded with huggingface_hub, or taken from its local cache
+    when the hub cannot be reached (`moe.network.offline_reason`, checked in seconds)."""
     local = Path(path)
     if local.exists():
         if not local.is_dir():
             raise FileNotFoundError(f"{path}: not a model folder (a file was given)")
         return local
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
-        from huggingface_hub import snapshot_download
-        try:
-            return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.jinja",
-                                                                       "tokenizer*", "*.txt"]))
-        except Exception as err:  # network or hub errors: say what was tried
-            raise FileNotFoundError(f"{path}: no such local folder, and downloading it from the HF hub failed: "
-                                    f"{err}") from err
-    raise FileNotFoundError(f"{path}: no such model folder")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+        raise FileNotFoundError(f"{path}: no such model folder")
+    from huggingface_hub import constants, snapshot_download
+    reason = offline_reason(constants.ENDPOINT)
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=HUB_FILES, local_files_only=reason is not None))
+    except Exception as err:  # network, hub or cache errors: say what was tried and what to do
+        if reason is not None:
+            raise FileNotFoundError(
+                f"{path}: no such local folder, and not in the local HF hub cache; the hub cannot be reached "
+                f"({reason}). Fetch it where there is a network (`hf download {path}`) and copy the cache "
+                f"({constants.HF_HUB_CACHE}) here, or pass a local folder") from err
+        raise FileNotFoundError(f"{path}: no such local folder, and downloading it from the HF hub failed: "
+                                f"{err}") from err
 
 
 def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto", mesh: Mesh | None = None):

@@ -228,13 +228,40 @@ FAMILIES: dict[str, Callable[[ConfigReader], ModelConfig]] = {
 }
 
 
+def _quoted_numbers(value: Any, where: str) -> list[str]:
+    """Paths of string values that spell a number (``"hidden_size": "64"``), nested dicts and lists included."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _quoted_numbers(item, f"{where}.{key}" if where else key)]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _quoted_numbers(item, f"{where}[{i}]")]
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return []
+        return [f"{where} = {value!r}"]
+    return []
+
+
 def config_from_hf(raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
-    """Translate an HF config dict into a ModelConfig, rejecting unknown families and unsupported fields."""
+    """Translate an HF config dict into a ModelConfig, rejecting unknown families, unsupported fields and
+    values of the wrong type (every error names `source`)."""
+    if not isinstance(raw, dict):
+        raise UnsupportedConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    quoted = _quoted_numbers({k: v for k, v in raw.items() if k not in METADATA_FIELDS}, "")
+    if quoted:
+        raise UnsupportedConfigError(f"{source}: numbers written as strings: {', '.join(quoted)}; "
+                                     "write them without quotes")
     model_type = raw.get("model_type")
     if model_type not in FAMILIES:
         raise UnsupportedConfigError(
             f"{source}: model_type {model_type!r} is not supported (supported: {sorted(FAMILIES)})")
     reader = ConfigReader(raw, source)
-    config = FAMILIES[model_type](reader)
+    try:
+        config = FAMILIES[model_type](reader)
+    except UnsupportedConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # a value of the wrong type or out of range
+        raise UnsupportedConfigError(f"{source}: {err}") from err
     reader.check_all_read()
     return config

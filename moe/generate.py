@@ -13,6 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from moe.inputs import check_inputs
 from moe.kv_cache import KVCache
 from moe.model import MoeTransformer, RoutingEdit
 
@@ -33,10 +34,12 @@ def generate(model: MoeTransformer, params, input_ids: Array, attention_mask: Ar
     """Greedy decoding of left-padded prompts input_ids [batch, seq] (attention_mask 1 on real tokens).
 
     A row stops at its first token in `eos_id` (an id or a collection of ids; None: never) and is filled
-    with `pad_id` after it; the loop ends when every row has stopped or after `max_new_tokens`.
+    with `pad_id` after it; the loop ends when every row has stopped or after `max_new_tokens`. Concrete
+    prompts are checked (`moe.inputs.check_inputs`) before anything compiles.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_inputs(model.config.vocab_size, input_ids, attention_mask)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)

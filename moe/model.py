@@ -11,6 +11,7 @@ import numpy as np
 
 from moe.config import ModelConfig
 from moe.dispatch import Dispatch, expert_ffn
+from moe.inputs import check_inputs
 from moe.kv_cache import KVCache, LayerCache
 from moe.layers import Attention, DenseMLP, Linear, Norm, rope_tables
 from moe.layers import attention_mask as make_attention_mask
@@ -18,7 +19,8 @@ from moe.routing_rules import route
 
 Array = jax.Array
 # A routing edit: any pytree callable as edit(raw_logits [b, s, E], moe_layer) -> edited logits, where
-# moe_layer is a traced int32 scalar (the layers are scanned).
+# moe_layer is a traced int32 scalar (the layers are scanned). An edit that holds per-layer data declares
+# how many MoE layers it was built for as `num_moe_layers`; the model refuses another count at trace time.
 RoutingEdit = Callable[[Array, Array], Array]
 
 
@@ -29,6 +31,15 @@ class MoeOutput:
     logits: Array | None  # [batch, seq, vocab] float32 (None in analysis mode)
     router_logits: Array  # [moe_layers, batch, seq, experts], raw: before any edit
     cache: KVCache | None = None  # the updated cache when one was passed in
+
+
+def check_edit(config: ModelConfig, edit: RoutingEdit | None) -> None:
+    """ValueError if ``edit`` declares a number of MoE layers other than the model's (checked while tracing:
+    a traced layer index would otherwise be clamped into the edit's range)."""
+    layers = getattr(edit, "num_moe_layers", None)
+    if layers is not None and layers != config.num_moe_layers:
+        raise ValueError(f"the routing edit was built for {layers} MoE layers; this model has "
+                         f"{config.num_moe_layers}")
 
 
 def swiglu(gate: Array, up: Array) -> Array:
@@ -158,7 +169,8 @@ class MoeTransformer(nn.Module):
 
     `apply({"params": p}, input_ids, attention_mask=None, edit=None)` returns MoeOutput. Positions are
     derived from the attention mask (cumulative count of real tokens), so left and right padding give the
-    same result at real positions as the unpadded sequence.
+    same result at real positions as the unpadded sequence. Inputs are checked by `moe.inputs.check_inputs`
+    (values only when concrete) and the edit by `check_edit`.
 
     Layers are grouped into stacks of consecutive layers of one kind (`ModelConfig.layer_stacks`), each a
     `nn.scan` named `stack_{j}` with parameters stacked on a leading layer axis, so compile time does not grow
@@ -181,9 +193,11 @@ class MoeTransformer(nn.Module):
                  positions: Array | None = None, analysis_only: bool = False,
                  cache: KVCache | None = None) -> MoeOutput:
         c = self.config
+        check_inputs(c.vocab_size, input_ids, attention_mask)
+        check_edit(c, edit)
+        input_ids = jnp.asarray(input_ids)
         b, s = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, s), jnp.int32)
+        attention_mask = jnp.ones((b, s), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
         if positions is None:
             seen = 0 if cache is None else jnp.sum(cache.valid, axis=-1, keepdims=True)
             positions = jnp.maximum(seen + jnp.cumsum(attention_mask, axis=-1) - 1, 0)

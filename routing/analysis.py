@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moe.inputs import check_inputs
 from routing.divergence import divergence_from_reference
 from routing.stats import sequence_statistics
 
@@ -66,13 +67,14 @@ def analyze_corpus(model, params, batches: Iterable, *, seed: int = 0, num_pairs
                    ) -> CorpusRouting:
     """Routing summaries of every real row of `batches` (objects with input_ids, attention_mask, keys).
 
-    Filler rows (key None) are dropped. Each batch uses its own PRNG key for consistency pairs, derived
-    from `seed` and the batch index. Pass `stats_fn` (from `statistics_fn`, with the same `num_pairs`) to
+    Filler rows (key None) are dropped. Each batch is checked (`moe.inputs.check_inputs`) before its jitted
+    call. Each batch uses its own PRNG key for consistency pairs, derived from `seed` and the batch index. Pass `stats_fn` (from `statistics_fn`, with the same `num_pairs`) to
     reuse one compiled function across corpora; otherwise a new one is made (and compiled) per call.
     """
     fn = statistics_fn(model, num_pairs=num_pairs) if stats_fn is None else stats_fn
     parts, keys = [], []
     for i, batch in enumerate(batches):
+        check_inputs(model.config.vocab_size, batch.input_ids, batch.attention_mask)
         stats = fn(params, jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask),
                    jax.random.fold_in(jax.random.PRNGKey(seed), i), edit)
         rows = [j for j, key in enumerate(batch.keys) if key is not None]

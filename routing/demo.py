@@ -1,6 +1,8 @@
 """The demo pipeline on the model organism: routing analysis, task experts, steering, routing-aware finetuning.
 
-`run_demo(out, settings)` writes into `out` (every file atomically):
+`run_demo(out, settings)` builds its report in a hidden folder beside `out` and swaps it in whole at the end
+(`moe.atomic.atomic_folder`), replacing an earlier report, so `out` never mixes files of two runs and an
+interrupted run leaves the earlier report as it was. The report holds:
 - settings.json: the demo and organism settings and the organism's cache key;
 - training.json: the organism's training metrics per step (empty when it came from the cache);
 - routing_table.json, divergence.csv: per language and MoE layer, divergence from base (entropy-normalised
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from moe.atomic import atomic_folder, check_output_folder
 from routing import steering
+from routing.cache import default_cache_dir
 from routing.analysis import CorpusRouting, analyze_corpus, divergence_curves, select_middle_window, statistics_fn
 from routing.evaluation import ItemResult, paired_table
 from routing.experts import random_experts, select_experts, specialization
@@ -55,6 +60,11 @@ class DemoSettings:
     finetune_learning_rate: float = 3e-3
     finetune_router_only: bool = True
     finetune_divergence: str = "jsd"
+
+    def __post_init__(self) -> None:
+        steering.finite_float32(self.lam, "lam")
+        if self.lam == 0:
+            raise ValueError("lam must be non-zero (0 leaves routing unchanged)")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,11 +147,40 @@ def find_task_experts(organism: Organism, stats_fn: Callable, generic: CorpusRou
     return {"delta": delta, "rule": rule, "task_experts": experts, "controls": controls}
 
 
+def _is_report(folder: Path) -> bool:
+    """Whether `folder` holds a demo report (its settings.json names an organism)."""
+    try:
+        return "organism_key" in json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_report_folder(out: str | Path, cache_dir: str | Path | None = None) -> None:
+    """Before any work: `out` is new, empty or an earlier demo report (which a run replaces whole), and the
+    organism cache folder can be written; errors name the folder as given."""
+    check_output_folder(out, may_exist=True)
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+        raise FileExistsError(f"{out} holds files that are not a demo report (no settings.json naming an "
+                              "organism); choose another report folder: a run replaces the whole folder")
+    check_output_folder(default_cache_dir() if cache_dir is None else cache_dir, may_exist=True)
+
+
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_dir: str | Path | None = None,
              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole pipeline, write every output into `out`, return the summary (also in summary.json)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the whole pipeline and write every output into `out` (swapped in whole at the end, see the module
+    docstring); returns the summary (also in summary.json)."""
+    check_report_folder(out, cache_dir)
+    with atomic_folder(out) as build:
+        summary = _write_report(build, settings, cache_dir, progress, log)
+    log(_summary_markdown(summary))
+    log(f"report folder: {Path(out).resolve()}")
+    return summary
+
+
+def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | None, progress: bool,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Every step of the pipeline, writing its outputs into `out`; returns the summary."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -223,11 +262,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_dir
     summary = _summary(org, settings, window, shape, curves, len(found["task_experts"]), steer_rows, finetuned,
                        timings)
     write_json(out / "summary.json", summary)
-    text = _summary_markdown(summary)
     with atomic_path(out / "summary.md") as temp:
-        temp.write_text(text, encoding="utf-8")
-    log(text)
-    log(f"report folder: {out.resolve()}")
+        temp.write_text(_summary_markdown(summary), encoding="utf-8")
     return summary
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from moe.atomic import check_output_folder
 from moe.config import ModelConfig
 from routing.analysis import analyze_corpus
 from routing.data.chat import encode_conversations
@@ -128,7 +129,22 @@ class ExpertSets:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ExpertSets:
-        settings = dict(data["settings"])
+        """The sets of `to_json`'s output; ValueError naming a missing or malformed key."""
+        missing = [key for key in ("settings", "model", "num_moe_layers", "num_experts", "task_experts", "delta_task",
+                                   "language_experts", "delta_languages", "sequences") if key not in data]
+        fields = dataclasses.fields(ExpertSettings)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        settings = data.get("settings")
+        if not isinstance(settings, dict):
+            missing = missing or ["settings (an object)"]
+        else:
+            missing += [f"settings.{key}" for key in sorted(required - set(settings))]
+        if missing:
+            raise ValueError(f"not an experts.json of find_experts: missing key(s) {', '.join(missing)}")
+        unknown = sorted(set(settings) - {f.name for f in fields})
+        if unknown:
+            raise ValueError(f"unknown key(s) settings.{', settings.'.join(unknown)}")
+        settings = dict(settings)
         settings["window"] = tuple(settings["window"])
         settings["languages"] = tuple(settings["languages"])
         return cls(ExpertSettings(**settings), data["model"], int(data["num_moe_layers"]), int(data["num_experts"]),
@@ -156,15 +172,33 @@ def task_conversations(task: str, source_dir: str | Path | None, data_dir: str |
              ("assistant", rows[i]["output"])] for i in chosen]
 
 
-def find_experts(loaded: LoadedModel, settings: ExpertSettings, *, source_dir: str | Path | None,
-                 data_dir: str | Path | None = None, progress: Callable[[int], None] | None = None) -> ExpertSets:
-    """Measure activation rates on task data and FLORES, and select task (and language) experts."""
-    settings.check(loaded.config)
-    languages = tuple(dict.fromkeys(flores_language(code) for code in settings.languages))
-    settings = dataclasses.replace(settings, languages=languages)
+@dataclasses.dataclass
+class SearchData:
+    """What an expert search measures: English task conversations and FLORES passages per language."""
+
+    conversations: list[list[tuple[str, str]]]
+    passages: dict[str, list[dict[str, Any]]]
+
+
+def with_flores_codes(settings: ExpertSettings) -> ExpertSettings:
+    """``settings`` with its languages as FLORES-200 codes, without repeats (ValueError for unknown codes)."""
+    return dataclasses.replace(settings, languages=tuple(dict.fromkeys(map(flores_language, settings.languages))))
+
+
+def load_search_data(settings: ExpertSettings, *, source_dir: str | Path | None,
+                     data_dir: str | Path | None = None) -> SearchData:
+    """The task conversations and the FLORES passages (English and ``settings.languages``, FLORES codes)."""
     conversations = task_conversations(settings.task, source_dir, data_dir, settings.num_samples, settings.seed)
-    passages = load_passages(None if source_dir is None else Path(source_dir), (REFERENCE, *languages), data_dir,
-                             settings.max_passages)
+    passages = load_passages(None if source_dir is None else Path(source_dir), (REFERENCE, *settings.languages),
+                             data_dir, settings.max_passages)
+    return SearchData(conversations, passages)
+
+
+def find_experts(loaded: LoadedModel, settings: ExpertSettings, data: SearchData,
+                 progress: Callable[[int], None] | None = None) -> ExpertSets:
+    """Measure activation rates on the task data and FLORES, and select task (and language) experts."""
+    settings.check(loaded.config)
+    conversations, passages = data.conversations, data.passages
     tok, buckets = loaded.tokenizer, length_buckets(settings.max_length, min(32, settings.max_length))
     if settings.chat:
         task_ids = encode_conversations(tok, conversations, add_generation_prompt=False,
@@ -184,7 +218,7 @@ def find_experts(loaded: LoadedModel, settings: ExpertSettings, *, source_dir: s
                                                 key=("passage_id",), **batching))
                    for lang, records in passages.items()}
     delta_task = specialization(rate_task, rate_flores[REFERENCE])
-    delta_languages = {lang: specialization(rate_flores[lang], rate_flores[REFERENCE]) for lang in languages}
+    delta_languages = {lang: specialization(rate_flores[lang], rate_flores[REFERENCE]) for lang in settings.languages}
     return ExpertSets(
         settings, str(loaded.folder), loaded.config.num_moe_layers, loaded.config.num_experts,
         settings.select(delta_task), delta_task,
@@ -212,12 +246,20 @@ def run_expert_search(model: str, settings: ExpertSettings, out_dir: str | Path,
                       source_dir: str | Path | None, data_dir: str | Path | None = None,
                       tokenizer: str | None = None, dtype: str = "float32", loaded: LoadedModel | None = None,
                       progress: Callable[[int], None] | None = None) -> tuple[ExpertSets, dict[str, Path]]:
-    """Check the settings against the model's config, load it (unless ``loaded``), search, write outputs."""
+    """Check the settings, the tokenizer and the output folder against the model's config, read the data, load
+    the model (unless ``loaded``), search, write outputs."""
+    settings = with_flores_codes(settings)
     if loaded is None:
         folder, config = peek_config(model)
-        settings.check(config)
-        loaded = load_model(folder, load_tokenizer_for(folder, tokenizer), dtype)
-    if settings.chat and settings.chat_template is None and not loaded.tokenizer.chat_template:
+        tok = load_tokenizer_for(folder, tokenizer, config)
+    else:
+        config, tok = loaded.config, loaded.tokenizer
+    settings.check(config)
+    check_output_folder(out_dir, may_exist=True)
+    if settings.chat and settings.chat_template is None and not tok.chat_template:
         raise ValueError("the tokenizer has no chat template: pass a chat template or use plain text")
-    sets = find_experts(loaded, settings, source_dir=source_dir, data_dir=data_dir, progress=progress)
+    data = load_search_data(settings, source_dir=source_dir, data_dir=data_dir)
+    if loaded is None:
+        loaded = load_model(folder, tok, dtype)
+    sets = find_experts(loaded, settings, data, progress=progress)
     return sets, write_expert_outputs(sets, out_dir)

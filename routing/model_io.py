@@ -1,5 +1,5 @@
 """A model folder for evaluation: its config without the weights (to check inputs first), then model,
-params, tokenizer and end-of-sequence ids."""
+params, tokenizer (checked against the model's vocabulary) and end-of-sequence ids."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 import moe
 from moe.config import ModelConfig
-from moe.convert import CONFIG_FILE, read_hf_config, resolve_model_path
+from moe.convert import read_config, resolve_model_path
 from routing.data import load_tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -21,9 +21,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def peek_config(path: str | Path) -> tuple[Path, ModelConfig]:
     """The local folder and architecture of a model (HF or converted folder, or hub id), weights unread."""
     folder = resolve_model_path(path)
-    if (folder / CONFIG_FILE).is_file():
-        return folder, ModelConfig.from_json((folder / CONFIG_FILE).read_text())
-    return folder, read_hf_config(folder)
+    return folder, read_config(folder)
 
 
 def _as_ids(value: Any) -> set[int]:
@@ -56,13 +54,25 @@ class LoadedModel:
         return self.model.config
 
 
-def load_tokenizer_for(folder: Path, tokenizer: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer at ``tokenizer`` (a tokenizer.json or folder), else the model folder's."""
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, config: ModelConfig, source: str | Path) -> None:
+    """ValueError, before any work, if ``tokenizer`` (loaded from ``source``) can produce a token id that the
+    model has no embedding for (ids must lie below ``config.vocab_size``)."""
+    largest = max(tokenizer.get_vocab().values())
+    if largest >= config.vocab_size:
+        raise ValueError(f"the tokenizer from {source} has token ids up to {largest}, but the model's vocabulary "
+                         f"holds {config.vocab_size} ids: wrong tokenizer for this model? (pass the model's own)")
+
+
+def load_tokenizer_for(folder: Path, tokenizer: str | Path | None, config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``tokenizer`` (a tokenizer.json or folder), else the model folder's, checked against
+    the model's vocabulary (``check_vocabulary``)."""
     source = Path(tokenizer) if tokenizer else folder
     try:
-        return load_tokenizer(source)
+        loaded = load_tokenizer(source)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"no usable tokenizer at {source} ({err}); pass a tokenizer path") from err
+    check_vocabulary(loaded, config, source)
+    return loaded
 
 
 def load_model(folder: Path, tokenizer: PreTrainedTokenizerBase, dtype: str = "float32") -> LoadedModel:

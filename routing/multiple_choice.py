@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from moe.inputs import check_inputs
 from routing.data.chat import ChatVariables
 from routing.data.tokenize import Truncation, bucket_batches, encode_texts, length_buckets
 from routing.evaluation import ItemResult
@@ -132,6 +133,7 @@ def score_options(model, params, items: Sequence[EncodedItem], *, batch_size: in
         raise ValueError(f"an option continuation does not fit the longest bucket ({max(buckets)} tokens)")
     scores = [np.full(len(item.options), np.nan) for item in items]
     for batch in bucket_batches(sequences, keys, batch_size=batch_size, buckets=buckets, truncation=truncation):
+        check_inputs(model.config.vocab_size, batch.input_ids, batch.attention_mask)
         cont = np.array([0 if key is None else lengths[key] for key in batch.keys], np.int32)
         out = np.asarray(_continuation_logprobs(model, params, jnp.asarray(batch.input_ids),
                                                 jnp.asarray(batch.attention_mask), jnp.asarray(cont), edit))

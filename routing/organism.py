@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from moe import ModelConfig, MoeTransformer
 from moe.train import (LossWeights, checkpoint_manager, fit, init_state, make_train_step, param_path,
                        router_only)
+from routing.cache import default_cache_dir
 from routing.evaluation import ItemResult
 from routing.store import write_json
 from routing.synthetic import (ANSWER_MARKER, Corpus, CorpusSizes, Tokenizer, build_corpus, build_tokenizer,
@@ -126,11 +127,6 @@ class Organism:
 
 def _abstract_params(model: MoeTransformer) -> Any:
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"])
-
-
-def default_cache_dir() -> Path:
-    """``$MOE_ROUTING_CACHE`` or ``~/.cache/moe-routing``."""
-    return Path(os.environ.get("MOE_ROUTING_CACHE", Path.home() / ".cache" / "moe-routing"))
 
 
 def build_data(settings: OrganismSettings) -> tuple[Corpus, Tokenizer]:

@@ -27,11 +27,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import moe
-from moe.convert import CONFIG_FILE, resolve_model_path
+from moe.atomic import check_output_folder
+from moe.config import ModelConfig
+from moe.convert import CONFIG_FILE
 from routing import figures, report
 from routing.analysis import CorpusRouting, analyze_corpus, select_middle_window, statistics_fn
+from routing.cache import content_key
 from routing.data import (PAPER_LANGUAGES, Flores200, TokenBatch, flores_languages, length_buckets, load_tokenizer,
                           read_records, tokenize_records, validate_flores_languages)
+from routing.model_io import check_vocabulary, peek_config
 from routing.store import LanguageStore, StaleResultError, write_json
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -105,16 +109,14 @@ def choose_languages(requested: Sequence[str] | None, reference: str, data_dir: 
 
 
 def model_fingerprint(folder: Path) -> str:
-    """A digest of the model's config files and of every file's name and size; FileNotFoundError if no model."""
-    configs = [folder / name for name in ("config.json", CONFIG_FILE) if (folder / name).is_file()]
-    if not configs:
+    """A content key (`routing.cache.content_key`) of every file in the model folder, weights included, so
+    other weights never reuse stored results; hidden files and folders (download caches, locks) are left
+    out. FileNotFoundError if the folder holds no model."""
+    if not any((folder / name).is_file() for name in ("config.json", CONFIG_FILE)):
         raise FileNotFoundError(f"{folder}: not a model folder (no config.json or {CONFIG_FILE})")
-    digest = hashlib.sha1()
-    for path in configs:
-        digest.update(path.read_bytes())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder)}:{path.stat().st_size};".encode())
-    return digest.hexdigest()
+    files = {str(path.relative_to(folder)): path for path in folder.rglob("*") if path.is_file()}
+    return content_key({name: path for name, path in files.items() if not any(
+        part.startswith(".") for part in Path(name).parts)})
 
 
 def load_passages(data_dir: Path | None, languages: Sequence[str], tfds_dir: Path | None,
@@ -137,13 +139,15 @@ def inputs_digest(batches: Sequence[TokenBatch]) -> str:
     return digest.hexdigest()
 
 
-def tokenize_passages(config: AnalysisConfig, folder: Path, passages: dict[str, list[dict[str, Any]]]
-                      ) -> dict[str, list[TokenBatch]]:
-    """Bucketed token batches per language with the chosen tokenizer and chat/plain mode."""
+def tokenize_passages(config: AnalysisConfig, folder: Path, model_config: ModelConfig,
+                      passages: dict[str, list[dict[str, Any]]]) -> dict[str, list[TokenBatch]]:
+    """Bucketed token batches per language with the chosen tokenizer (checked against the model's vocabulary)
+    and chat/plain mode."""
     source = Path(config.tokenizer) if config.tokenizer else folder
     if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}; pass --tokenizer")
     tokenizer = load_tokenizer(source)
+    check_vocabulary(tokenizer, model_config, source)
     if config.chat and config.chat_template is None and not tokenizer.chat_template:
         raise ValueError(f"the tokenizer from {source} has no chat template: pass --chat-template FILE or --plain")
     buckets = length_buckets(config.max_length, min(32, config.max_length))
@@ -171,13 +175,20 @@ def prepare(config: AnalysisConfig) -> PreparedAnalysis:
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     languages = choose_languages(config.languages, config.reference, Path(config.data_dir))
-    folder = resolve_model_path(config.model)
+    check_output_folder(config.out_dir, may_exist=True)
+    folder, model_config = peek_config(config.model)
+    num_layers = model_config.num_moe_layers
+    if config.window is not None:
+        report.parse_window(config.window, num_layers)
+    bad_layers = [layer for layer in config.heatmap_layers or () if not 0 <= layer < num_layers]
+    if bad_layers:
+        raise ValueError(f"heatmap layers {bad_layers} are not MoE-layer indices in [0, {num_layers})")
     fingerprint = model_fingerprint(folder)
     passages = load_passages(Path(config.data_dir), languages, config.tfds_dir, config.max_passages)
     empty = [code for code, rows in passages.items() if not rows]
     if empty:
         raise ValueError(f"empty selection: no passages for {', '.join(empty)}")
-    batches = tokenize_passages(config, folder, passages)
+    batches = tokenize_passages(config, folder, model_config, passages)
     common = {"model": str(folder.resolve()), "model_fingerprint": fingerprint, "dtype": config.dtype,
               "tokenizer": str(Path(config.tokenizer).resolve()) if config.tokenizer else None,
               "chat": config.chat, "max_passages": config.max_passages, "max_length": config.max_length,
@@ -196,16 +207,6 @@ def prepare(config: AnalysisConfig) -> PreparedAnalysis:
             raise StaleResultError("stored results do not match this run; pass --restart to recompute them or "
                                    "choose another --out:\n  " + "\n  ".join(stale))
     model, params = moe.from_pretrained(folder, dtype=DTYPES[config.dtype])
-    largest = max(int(batch.input_ids.max()) for rows in batches.values() for batch in rows)
-    if largest >= model.config.vocab_size:
-        raise ValueError(f"token id {largest} is outside the model's vocabulary ({model.config.vocab_size}): "
-                         "wrong tokenizer for this model?")
-    num_layers = model.config.num_moe_layers
-    if config.window is not None:
-        report.parse_window(config.window, num_layers)
-    bad_layers = [layer for layer in config.heatmap_layers or () if not 0 <= layer < num_layers]
-    if bad_layers:
-        raise ValueError(f"heatmap layers {bad_layers} are not MoE-layer indices in [0, {num_layers})")
     return PreparedAnalysis(config, languages, batches, settings, model, params, store)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from moe.atomic import check_output_folder
 from routing.evaluation import ALL
 from routing.expert_search import REFERENCE, ExpertSettings, run_expert_search
 from routing.model_io import DTYPES, load_model, load_tokenizer_for, peek_config
@@ -40,7 +41,7 @@ class Recipe:
     mode: str
     window: str
     languages: tuple[str, ...]
-    lam: float = 0.5
+    lam: float | None = None  # soft mode only (None: the default strength)
     eps: float = 0.01
     eps_std: float = 0.0
     controls: tuple[str, ...] = CONTROLS
@@ -92,7 +93,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
               search_overrides: Mapping[str, Any] | None = None,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Find experts, then baseline, steered and every control; returns (and writes) the summary."""
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, may_exist=True)
     folder, config = peek_config(recipe.model)
     window = parse_window(recipe.window, config.num_moe_layers)
     languages = tuple(dict.fromkeys(flores_language(code) for code in recipe.languages))
@@ -109,7 +110,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
                               max_passages=search.max_passages)
 
     progress(f"[{recipe.name}] loading {recipe.model}")
-    loaded = load_model(folder, load_tokenizer_for(folder), recipe.dtype)
+    loaded = load_model(folder, load_tokenizer_for(folder, None, config), recipe.dtype)
     progress(f"[{recipe.name}] finding {recipe.task} experts")
     sets, _ = run_expert_search(str(folder), search, out / "experts", source_dir=source_dir, data_dir=tfds_dir,
                                 loaded=loaded)

@@ -23,6 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from moe.atomic import check_output_folder
+
 from routing.correlation import REFERENCE, compute_divergence, correlate, middle_divergence, read_divergence_table
 from routing.eval_figures import plot_correlation, plot_steering
 from routing.evaluation import ALL, ItemResult, accuracy_table, paired_table
@@ -49,7 +51,7 @@ class SteerEvalConfig:
     out_dir: Path
     languages: tuple[str, ...]
     mode: str = "soft"
-    lam: float = 0.5
+    lam: float | None = None  # soft only (None: steering_eval.DEFAULT_LAM)
     window: str | None = None
     control: str | None = None
     eps: float = 0.01
@@ -89,6 +91,7 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     """Check everything that can be checked without weights, read the data, then load the model (or reuse
     ``loaded``, which must be the same model folder)."""
     check_task(config.task)
+    check_output_folder(config.out_dir, may_exist=True)
     if config.n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {config.n_boot}")
     languages = tuple(dict.fromkeys(flores_language(code) for code in config.languages))
@@ -107,7 +110,7 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
         if missing:
             raise ValueError(f"{config.divergence} has no divergence curve for {missing}")
         middle_divergence(curves, window)  # the window must fit the table's curves
-    tokenizer = loaded.tokenizer if loaded is not None else load_tokenizer_for(folder, config.tokenizer)
+    tokenizer = loaded.tokenizer if loaded is not None else load_tokenizer_for(folder, config.tokenizer, model_config)
     if config.eval.chat and config.eval.chat_template is None and not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: pass a chat template or use plain prompts")
     config = dataclasses.replace(config, eval=config.eval.resolved(tokenizer))  # results record the answer format

@@ -9,6 +9,7 @@ raw logits ``z`` (E experts), one edit applies, in this order:
 
 1. soft: ``z_k <- z_k + strength[l, k] * std(z)`` for every ``k`` with non-zero strength; ``std`` is the
    population standard deviation (ddof=0) over all E logits of that token, computed in (at least) float32;
+   the result saturates at the logits dtype's largest finite value (a finite strength never makes inf);
 2. hard, with ``z'`` the logits after step 1 (equal to ``z`` bit for bit where nothing is soft-steered):
    forced-on experts become ``max(z') + eps``, forced-off experts ``min(z') - eps``; ``max``/``min`` are
    taken before any forcing, so several forced experts do not push each other. The forced value is
@@ -27,6 +28,11 @@ draw); the paper's random offset, eps ~ N(0, 1e-6), is ``eps=0, eps_std=1e-6`` (
 way the result is strictly above (below) every unforced expert, by the nudge above. The key and both
 offsets are arrays, so switching between them never recompiles. No log-softmax is applied first (that
 is not neutral for shift-sensitive routing rules such as Phi-3.5-MoE's sparsemixer).
+
+Strengths and offsets must be finite in float32 (``1e39`` is not: it becomes inf, and inf x 0 gives NaN
+logits); the constructors raise ValueError otherwise, for Python numbers and concrete arrays alike (traced
+values, e.g. under ``jax.vmap``, cannot be checked). Every edit declares ``num_moe_layers``; the model
+refuses an edit built for another number of MoE layers.
 """
 from __future__ import annotations
 
@@ -44,6 +50,17 @@ PAPER_EPS = {"eps": 0.0, "eps_std": 1e-6}  # eps ~ N(0, 1e-6) per token and expe
 
 Selection = Union[Iterable[tuple[int, int]], Mapping[int, Iterable[int]]]
 LogitFn = Callable[[jax.Array, Any], jax.Array]
+
+
+def finite_float32(value: Any, what: str) -> jax.Array:
+    """``value`` as a float32 array; ValueError naming ``what`` if a concrete entry is not finite in float32."""
+    with np.errstate(over="ignore"):
+        array = jnp.asarray(value, jnp.float32)
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+        shown = (f"{float(np.asarray(value))!r}" if np.ndim(value) == 0
+                 else f"an array with {int(jnp.sum(~jnp.isfinite(array)))} non-finite entries")
+        raise ValueError(f"{what} must be finite in float32 (|x| <= 3.4e38, not NaN), got {shown}")
+    return array
 
 
 def _layer_row(table: jax.Array, moe_layer: Any) -> jax.Array:
@@ -107,7 +124,8 @@ class RoutingEdit:
 
         z32 = logits.astype(compute)
         std = jnp.std(z32, axis=-1, keepdims=True)
-        soft = (z32 + strength * std).astype(dtype)
+        largest = jnp.finfo(dtype).max  # a huge finite strength saturates instead of overflowing to inf (NaN later)
+        soft = jnp.clip(z32 + strength * std, -largest, largest).astype(dtype)
         z = jnp.where(strength != 0, soft, logits)
 
         eps_std = jnp.asarray(self.eps_std, compute)
@@ -149,6 +167,15 @@ class ChainedEdit:
     """Edits applied one after another, in order (each sees the previous one's output)."""
 
     edits: tuple
+
+    @property
+    def num_moe_layers(self) -> int | None:
+        """The MoE-layer count its RoutingEdits were built for (None when it holds none); ValueError if they
+        disagree."""
+        counts = sorted({edit.num_moe_layers for edit in self.edits if isinstance(edit, RoutingEdit)})
+        if len(counts) > 1:
+            raise ValueError(f"chained edits were built for different numbers of MoE layers: {counts}")
+        return counts[0] if counts else None
 
     def __call__(self, logits: jax.Array, moe_layer: Any) -> jax.Array:
         for edit in self.edits:
@@ -234,11 +261,11 @@ def selection_mask(
 def _edit(strength: Any, on: Any, off: Any, eps: Any, eps_std: Any = 0.0, key: int | jax.Array = 0) -> RoutingEdit:
     _check_eps(eps, eps_std)
     return RoutingEdit(
-        strength=jnp.asarray(strength, jnp.float32),
+        strength=finite_float32(strength, "steering strength"),
         force_on=jnp.asarray(on, jnp.float32),
         force_off=jnp.asarray(off, jnp.float32),
-        eps=jnp.asarray(eps, jnp.float32),
-        eps_std=jnp.asarray(eps_std, jnp.float32),
+        eps=finite_float32(eps, "eps"),
+        eps_std=finite_float32(eps_std, "eps_std"),
         key=_key_data(key),
     )
 
@@ -263,11 +290,10 @@ def soft(
     ``lam`` may be a (traced) scalar array, so ``jax.vmap`` over it works; the strength is
     ``lam * selection_mask``.
     """
-    if isinstance(lam, (int, float, np.number)) and not math.isfinite(lam):
-        raise ValueError(f"lam must be finite, got {lam!r}")
+    lam = finite_float32(lam, "lam")
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
     zeros = np.zeros_like(mask)
-    return _edit(jnp.asarray(lam, jnp.float32) * mask, zeros, zeros, eps)
+    return _edit(lam * mask, zeros, zeros, eps)
 
 
 def force_on(
@@ -317,7 +343,7 @@ def with_strength(edit: RoutingEdit, lam: float | jax.Array) -> RoutingEdit:
     Use with ``jax.vmap`` over ``lam``; masks and eps are kept.
     """
     mask = (edit.strength != 0).astype(jnp.float32)
-    return edit.replace(strength=jnp.asarray(lam, jnp.float32) * mask)
+    return edit.replace(strength=finite_float32(lam, "lam") * mask)
 
 
 def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
@@ -335,19 +361,15 @@ def compose(a: RoutingEdit, b: RoutingEdit) -> RoutingEdit:
     def union(x: jax.Array, y: jax.Array) -> jax.Array:
         return ((x != 0) | (y != 0)).astype(jnp.float32)
 
-    return RoutingEdit(
-        strength=a.strength + b.strength,
-        force_on=union(a.force_on, b.force_on),
-        force_off=union(a.force_off, b.force_off),
-        eps=jnp.maximum(a.eps, b.eps),
-        eps_std=jnp.maximum(a.eps_std, b.eps_std),
-        key=jnp.where(a.eps_std > b.eps_std, a.key,
-                      jnp.where(b.eps_std > a.eps_std, b.key, jnp.maximum(a.key, b.key))),
-    )
+    key = jnp.where(a.eps_std > b.eps_std, a.key, jnp.where(b.eps_std > a.eps_std, b.key, jnp.maximum(a.key, b.key)))
+    return _edit(a.strength + b.strength, union(a.force_on, b.force_on), union(a.force_off, b.force_off),
+                 jnp.maximum(a.eps, b.eps), jnp.maximum(a.eps_std, b.eps_std), key)
 
 
 def chain(*edits: Edit | LogitFn) -> ChainedEdit:
-    """Apply ``edits`` in sequence; plain callables are wrapped in ``LogitFunction``; chains flatten."""
+    """Apply ``edits`` in sequence; plain callables are wrapped in ``LogitFunction``; chains flatten.
+
+    Its RoutingEdits must share one number of MoE layers (ValueError otherwise)."""
     if not edits:
         raise ValueError("chain needs at least one edit")
     flat: list = []
@@ -360,4 +382,6 @@ def chain(*edits: Edit | LogitFn) -> ChainedEdit:
             flat.append(LogitFunction(edit))
         else:
             raise TypeError(f"not an edit or callable: {edit!r}")
-    return ChainedEdit(tuple(flat))
+    chained = ChainedEdit(tuple(flat))
+    chained.num_moe_layers  # raises ValueError if its RoutingEdits disagree
+    return chained

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,20 +31,21 @@ from routing.model_io import LoadedModel
 from routing.tasks import EvalSettings, TaskData, flores_language, run_task
 
 MODES = ("soft", "hard", "off")
+DEFAULT_LAM = 0.5
 CONTROLS = ("outside-window", "language-experts", "random")
 Pair = tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
 class SteerSettings:
-    """How to steer: ``window`` (first, last MoE layer, 0-indexed, inclusive), ``mode``, ``lam`` (soft only),
-    the hard/off offset ``eps + eps_std * n`` (n ~ N(0, 1) per token and expert, see ``routing.steering``;
+    """How to steer: ``window`` (first, last MoE layer, 0-indexed, inclusive), ``mode``, ``lam`` (soft only;
+    None: ``DEFAULT_LAM``), the hard/off offset ``eps + eps_std * n`` (n ~ N(0, 1) per token and expert, see ``routing.steering``;
     the paper's eps ~ N(0, 1e-6) is eps 0, eps_std 1e-6), an optional ``control``, and ``seed`` (random
     control and the key of the offset draws)."""
 
     window: tuple[int, int]
     mode: str = "soft"
-    lam: float = 0.5
+    lam: float | None = None
     eps: float = steering.DEFAULT_EPS
     eps_std: float = 0.0
     control: str | None = None
@@ -56,8 +56,15 @@ class SteerSettings:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if self.control is not None and self.control not in CONTROLS:
             raise ValueError(f"unknown control {self.control!r}; choose one of {CONTROLS}")
-        if not math.isfinite(self.lam) or (self.mode == "soft" and self.lam == 0):
-            raise ValueError(f"lam must be finite and non-zero for soft steering, got {self.lam}")
+        if self.mode != "soft":
+            if self.lam is not None:
+                raise ValueError(f"lam is the strength of soft steering; mode {self.mode!r} takes none (drop lam)")
+            return
+        lam = DEFAULT_LAM if self.lam is None else float(self.lam)
+        steering.finite_float32(lam, "lam")
+        if lam == 0:
+            raise ValueError("lam must be non-zero for soft steering (0 leaves routing unchanged)")
+        object.__setattr__(self, "lam", lam)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +80,21 @@ class SteeringPlan:
 
 
 def read_experts(path: str | Path) -> ExpertSets | list[Pair]:
-    """An expert file: the ``experts.json`` of scripts/find_experts.py, or a JSON list of [moe_layer, expert]."""
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, list):
-        return as_pairs(data)
-    if isinstance(data, dict) and "task_experts" in data:
-        return ExpertSets.from_json(data)
-    raise ValueError(f"{path}: expected find_experts output (experts.json) or a list of [moe_layer, expert] pairs")
+    """An expert file: the ``experts.json`` of scripts/find_experts.py, or a JSON list of [moe_layer, expert];
+    ValueError naming the file and what is wrong with it."""
+    expected = "expected find_experts output (experts.json) or a JSON list of [moe_layer, expert] pairs"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON file ({err}); {expected}") from err
+    try:
+        if isinstance(data, list):
+            return as_pairs(data)
+        if isinstance(data, dict) and "task_experts" in data:
+            return ExpertSets.from_json(data)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from err
+    raise ValueError(f"{path}: {expected}")
 
 
 def _top(delta: np.ndarray, n: int, layers: Sequence[int], what: str) -> list[Pair]:

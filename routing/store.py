@@ -1,37 +1,24 @@
-"""Results on disk: atomic file writes and per-language routing summaries with a settings fingerprint.
+"""Results on disk: JSON written atomically and per-language routing summaries with a settings fingerprint.
 
 A language's `CorpusRouting` is saved as ``{folder}/{language}.npz`` together with the settings it was
 computed under (a JSON object). Loading checks those settings against the current ones, so a result
-computed with another model, other inputs or other statistics options is never reused silently.
+computed with another model, other inputs or other statistics options is never reused silently; a file
+that cannot be read whole is refused the same way (StaleResultError naming it).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import uuid
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from moe.atomic import atomic_path
 from routing.analysis import CorpusRouting
 
 ARRAYS = ("q", "counts", "lengths", "entropy", "consistency")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: Any, indent: int | None = 1) -> None:
@@ -59,15 +46,28 @@ class LanguageStore:
     def path(self, language: str) -> Path:
         return self.folder / f"{language}.npz"
 
+    def _read(self, language: str) -> tuple[dict[str, Any], CorpusRouting]:
+        """Settings and summaries of a stored language; StaleResultError naming the file if it is unreadable."""
+        path = self.path(language)
+        try:
+            with np.load(path) as data:
+                settings = json.loads(str(data["settings"]))
+                keys = [tuple(key) for key in json.loads(str(data["keys"]))]
+                corpus = CorpusRouting(keys, **{name: data[name] for name in ARRAYS})
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise StaleResultError(f"{path} cannot be read ({type(err).__name__}: {err}); it is corrupt or "
+                                   "partial: pass --restart to recompute it") from err
+        if not isinstance(settings, dict):
+            raise StaleResultError(f"{path} holds no settings object; pass --restart to recompute it")
+        return settings, corpus
+
     def settings(self, language: str) -> dict[str, Any] | None:
         """The settings a stored language was computed under, or None if it is not stored."""
-        if not self.path(language).is_file():
-            return None
-        with np.load(self.path(language)) as data:
-            return json.loads(str(data["settings"]))
+        return self._read(language)[0] if self.path(language).exists() else None
 
     def check(self, language: str, settings: Mapping[str, Any]) -> bool:
-        """True if `language` is stored under `settings`, False if not stored; StaleResultError otherwise."""
+        """True if `language` is stored under `settings`, False if not stored; StaleResultError otherwise
+        (other settings, or a file that cannot be read)."""
         stored = self.settings(language)
         if stored is None:
             return False
@@ -86,9 +86,7 @@ class LanguageStore:
 
     def load(self, language: str) -> CorpusRouting:
         """The stored `CorpusRouting` of `language` (keys back as tuples)."""
-        with np.load(self.path(language)) as data:
-            keys = [tuple(key) for key in json.loads(str(data["keys"]))]
-            return CorpusRouting(keys, **{name: data[name] for name in ARRAYS})
+        return self._read(language)[1]
 
     def remove(self, language: str) -> None:
         self.path(language).unlink(missing_ok=True)

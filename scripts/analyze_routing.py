@@ -61,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from routing.cli import user_errors
     from routing.pipeline import AnalysisConfig, execute, prepare  # after parsing, so --help stays fast
 
-    try:
+    with user_errors(parser):
         chat_template = args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
         prepared = prepare(AnalysisConfig(
             model=args.model, data_dir=args.data_dir, out_dir=args.out, languages=args.langs,
@@ -74,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             window=args.window, window_fraction=args.window_fraction, window_margin=args.window_margin,
             heatmap_layers=args.heatmap_layers, tfds_dir=args.tfds_dir, restart=args.restart,
             progress=args.progress))
-    except (ValueError, OSError) as err:
-        print(f"analyze_routing: error: {err}", file=sys.stderr)
-        return 2
     paths = execute(prepared)
     for path in paths.values():
         print(path)

@@ -2,7 +2,8 @@
 """The main job: the whole routing pipeline on the built-in synthetic multilingual MoE model organism.
 
 Generates the corpus, trains the organism (or reuses the cached one), measures routing divergence over depth,
-finds task experts, steers them, runs routing-aware finetuning, and writes tables and figures to --out.
+finds task experts, steers them, runs routing-aware finetuning, and writes tables and figures to --out. The
+report is built beside --out and swapped in whole at the end, replacing an earlier report in that folder.
 No downloads; seeded and reproducible.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from routing.demo import QUICK, DemoSettings, run_demo
-from routing.organism import default_cache_dir
+from routing.cli import user_errors
+from routing.demo import QUICK, DemoSettings, check_report_folder, run_demo
+from routing.cache import default_cache_dir
 from routing.report import parse_window
 
 
@@ -35,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = QUICK if args.quick else DemoSettings()
     changes = {"organism": dataclasses.replace(settings.organism, seed=args.seed)}
-    if args.window is not None:
-        try:
+    with user_errors(parser):
+        if args.window is not None:
             changes["window"] = parse_window(args.window, settings.organism.num_layers)
-        except ValueError as error:
-            parser.error(str(error))
-    if args.lam is not None:
-        changes["lam"] = args.lam
-    if args.no_finetune:
-        changes["finetune_steps"] = 0
-    run_demo(args.out, dataclasses.replace(settings, **changes), args.cache, progress=not args.no_progress)
+        if args.lam is not None:
+            changes["lam"] = args.lam
+        if args.no_finetune:
+            changes["finetune_steps"] = 0
+        settings = dataclasses.replace(settings, **changes)
+        check_report_folder(args.out, args.cache)
+    run_demo(args.out, settings, args.cache, progress=not args.no_progress)
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from routing.cli import user_errors
 from routing.expert_search import EXPERT_TASKS, ExpertSettings, run_expert_search
 from routing.model_io import DTYPES, peek_config
 from routing.report import parse_window
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser):
         _, config = peek_config(args.model)
         settings = ExpertSettings(
             task=args.task, window=parse_window(args.window, config.num_moe_layers), tau=args.tau, top_n=args.top_n,
@@ -63,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
             sets, paths = run_expert_search(args.model, settings, args.out, source_dir=args.data_dir,
                                             data_dir=args.tfds_dir, tokenizer=args.tokenizer, dtype=args.dtype,
                                             progress=bar.update)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
     print(f"{len(sets.task_experts)} task experts in MoE layers {settings.window[0]}-{settings.window[1]}"
           + "".join(f"; {lang}: {len(p)} language experts" for lang, p in sets.language_experts.items()))
     if not sets.task_experts:

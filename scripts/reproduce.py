@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from routing.cli import user_errors
 from routing.recipes import load_recipe, reproduce
 
 
@@ -41,15 +42,13 @@ def _given(**options: object) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser):
         recipe = load_recipe(args.recipe, model=args.model, dtype=args.dtype, chat=False if args.plain else None)
         summary = reproduce(recipe, args.out, source_dir=args.data_dir, tfds_dir=args.tfds_dir,
                             eval_overrides=_given(limit=args.limit, max_new_tokens=args.max_new_tokens,
                                                   batch_size=args.batch_size, chat_date=args.chat_date,
                                                   reasoning_effort=args.reasoning_effort),
                             search_overrides=_given(num_samples=args.num_samples, max_passages=args.max_passages))
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
     steered, paper = summary["steered"], summary["paper"]
     print(f"{recipe.name}: {summary['experts_found']} experts (paper {summary['experts_paper']}); accuracy "
           f"{100 * steered['base_accuracy']:.1f} -> {100 * steered['steer_accuracy']:.1f} "

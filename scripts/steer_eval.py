@@ -18,6 +18,7 @@ from pathlib import Path
 
 from routing.data import DEFAULT_CHAT_DATE
 from routing.mgsm import ANSWER_FORMATS, DEFAULT_TEMPLATE
+from routing.cli import user_errors
 from routing.model_io import DTYPES
 from routing.steer_pipeline import SteerEvalConfig, execute, prepare
 from routing.steering_eval import CONTROLS, MODES
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--experts", required=True, type=Path, help="expert file (experts.json or a JSON list)")
     parser.add_argument("--mode", default="soft", help=f"one of {', '.join(MODES)} (default soft)")
-    parser.add_argument("--lam", type=float, default=0.5, help="soft steering strength (default 0.5)")
+    parser.add_argument("--lam", type=float, help="soft steering strength (default 0.5); soft mode only")
     parser.add_argument("--eps", type=float, default=0.01,
                         help="hard steering: fixed offset past max/min (default 0.01, SteerMoE's)")
     parser.add_argument("--eps-std", type=float, default=0.0,
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with user_errors(parser):
         settings = EvalSettings(
             chat=args.chat, chat_template=args.chat_template.read_text() if args.chat_template else None,
             batch_size=args.batch_size, max_length=args.max_length, limit=args.limit,
@@ -105,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
             n_boot=args.n_boot, correlation=args.correlation, divergence=args.divergence,
             max_passages=args.max_passages)
         prepared = prepare(config)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
     summary = execute(prepared)
     for row in summary["table"]:
         print(f"{row['language']:>9}  n={row['n']:<4} baseline {row['base_accuracy']:.3f}  steered "

@@ -60,12 +60,16 @@ class Belebele(SourceBuilder):
         return self._make_info(features, "BELEBELE multiple choice, aligned across languages by id.",
                                "https://github.com/facebookresearch/belebele")
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def source_files(self, config: None) -> list[str]:
+        """Each language's test file, then the few-shot files in the same order."""
         test = [rel for rel in self._source_glob("belebele", "*.jsonl") if not rel.endswith(".examples.jsonl")]
-        fewshot = [rel.removesuffix(".jsonl") + ".examples.jsonl" for rel in test]
-        paths = self._locate(dl_manager, test + fewshot)
-        return {"test": self._generate_examples([paths[rel] for rel in test]),
-                "fewshot": self._generate_examples([paths[rel] for rel in fewshot])}
+        return test + [rel.removesuffix(".jsonl") + ".examples.jsonl" for rel in test]
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        fewshot = {rel: path for rel, path in paths.items() if rel.endswith(".examples.jsonl")}
+        return {"test": self._generate_examples([path for rel, path in paths.items() if rel not in fewshot]),
+                "fewshot": self._generate_examples(list(fewshot.values()))}
 
     def _generate_examples(self, paths: list[Path]) -> Iterator[tuple[str, dict]]:
         for path in paths:

@@ -91,8 +91,15 @@ class Flores200(SourceBuilder):
                 raise ValueError(f"unknown config {config!r}; known: {sorted(self.builder_configs)}")
             config = flores_config(base.unit, languages)
         super().__init__(config=config, source_dir=source_dir, **kwargs)
-        if self.source_dir is not None and self.builder_config.languages:
-            validate_flores_languages(self.builder_config.languages, flores_languages(self.source_dir / "flores200"))
+
+    def _languages(self, config: Flores200Config) -> tuple[str, ...]:
+        """The config's languages (all those of the source folder, or all 204, for ``()``), checked against
+        the source folder's devtest files."""
+        present = flores_languages(self.source_dir / "flores200" if self.source_dir is not None else None)
+        return validate_flores_languages(config.languages, present) if config.languages else present
+
+    def source_files(self, config: Flores200Config) -> list[str]:
+        return [METADATA, *(f"flores200/devtest/{code}.devtest" for code in self._languages(config))]
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
@@ -106,14 +113,12 @@ class Flores200(SourceBuilder):
                                "https://github.com/facebookresearch/flores/tree/main/flores200")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        languages = self.builder_config.languages or flores_languages(
-            self.source_dir / "flores200" if self.source_dir is not None else None)
-        relpaths = [METADATA, *(f"flores200/devtest/{code}.devtest" for code in languages)]
-        paths = self._locate(dl_manager, relpaths)
-        return {"devtest": self._generate_examples(paths, languages)}
+        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        return {"devtest": self._generate_examples(paths, self._languages(self.builder_config))}
 
     def _download(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
         """The official archive holds ``flores200_dataset/{devtest/,metadata_devtest.tsv}``."""
+        self._require_network(FLORES_URL)
         root = Path(dl_manager.download_and_extract(FLORES_URL)) / "flores200_dataset"
         return {rel: root / rel.removeprefix("flores200/") for rel in relpaths}
 

@@ -48,8 +48,11 @@ class Gsm8k(SourceBuilder):
                                "GSM8K grade-school math with worked solutions.",
                                "https://github.com/openai/grade-school-math")
 
+    def source_files(self, config: None) -> list[str]:
+        return list(self.SOURCE_URLS)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, list(self.SOURCE_URLS))
+        paths = self._locate(dl_manager, self.source_files(self.builder_config))
         return {split: self._generate_examples(paths[f"gsm8k/{split}.jsonl"]) for split in ("train", "test")}
 
     def _generate_examples(self, path: Path) -> Iterator[tuple[int, dict]]:
@@ -74,8 +77,11 @@ class Mgsm(SourceBuilder):
                                "MGSM: GSM8K test questions translated into 10 languages, row-aligned.",
                                "https://github.com/google-research/url-nlp/tree/main/mgsm")
 
+    def source_files(self, config: None) -> list[str]:
+        return list(self.SOURCE_URLS)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, list(self.SOURCE_URLS))
+        paths = self._locate(dl_manager, self.source_files(self.builder_config))
         return {"test": self._generate_examples([(code, paths[f"mgsm/mgsm_{code}.tsv"]) for code in MGSM_CODES])}
 
     def _generate_examples(self, files: Sequence[tuple[str, Path]]) -> Iterator[tuple[str, dict]]:

@@ -92,10 +92,11 @@ class MedicalMcq(SourceBuilder):
         return self._make_info(features, "MMLU medical multiple choice, aligned across languages by id.",
                                "https://github.com/FreedomIntelligence/Apollo")
 
+    def source_files(self, config: None) -> list[str]:
+        return [ENGLISH_MCQ, *self._source_glob("medical", "mmlu_medical_*.json", allow_empty=True)]
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        translations = self._source_glob("medical", "mmlu_medical_*.json", allow_empty=True)
-        paths = self._locate(dl_manager, [ENGLISH_MCQ, *translations])
-        return {"test": self._generate_examples(paths)}
+        return {"test": self._generate_examples(self._locate(dl_manager, self.source_files(self.builder_config)))}
 
     def _generate_examples(self, paths: dict[str, Path]) -> Iterator[tuple[str, dict]]:
         english = english_mcq(read_jsonl(paths[ENGLISH_MCQ]))
@@ -137,6 +138,9 @@ class MedInstruct(SourceBuilder):
         return self._make_info({"id": np.int32, "instruction": text, "input": text, "output": text},
                                "AlpaCare MedInstruct-test medical instructions.",
                                "https://github.com/XZhang97666/AlpaCare")
+
+    def source_files(self, config: MedInstructConfig) -> list[str]:
+        return [MEDINSTRUCT]
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         return {"test": self._generate_examples(self._locate(dl_manager, [MEDINSTRUCT])[MEDINSTRUCT])}

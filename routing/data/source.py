@@ -4,6 +4,11 @@ TensorFlow is not needed: TFDS writes array_record files with its NumPy example 
 ``as_data_source`` reads them back through ``array_record`` alone. Text features come back as ``bytes``;
 ``read_records`` decodes them to ``str``.
 
+Prepared data is keyed by content: with a local ``source_dir`` the builder config's name (the prepared
+folder) ends in a digest of the bytes of every source file the config reads (``routing.cache.content_key``),
+so a changed source file is prepared afresh instead of reusing stale records. Downloaded sources are keyed
+by their fixed public URLs (their content is not known before downloading).
+
 One TFDS quirk is worked around here: for a builder defined inside a package, TFDS 4.9 looks up its
 ``code_path`` through ``importlib_resources`` (a backport it only declares for Python < 3.9), so
 ``download_and_prepare`` fails without that package. ``SourceBuilder`` sets ``code_path`` to the
@@ -11,6 +16,7 @@ builder's source file, which is what TFDS itself falls back to.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Mapping, Sequence
@@ -21,15 +27,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from moe.atomic import check_output_folder
+from moe.network import offline_reason
+from routing.cache import content_key
+
 
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A builder that reads files named by their path inside a data folder laid out like ``shared/data``.
 
     With ``source_dir`` the files are read from that folder; without it they are downloaded from
-    ``SOURCE_URLS`` (relative path -> public URL) through TFDS's download manager. Builders whose data
-    has no stable public URL leave ``SOURCE_URLS`` empty and need ``source_dir``. Prepared files go to
-    ``data_dir`` (TFDS's own argument); reading them back needs no ``source_dir``. Builders are not
-    registered with TFDS by name (``tfds.builder``); construct the classes directly.
+    ``SOURCE_URLS`` (relative path -> public URL) through TFDS's download manager, after a quick check
+    that the server answers (`moe.network.offline_reason`). Builders whose data has no stable public URL
+    leave ``SOURCE_URLS`` empty and need ``source_dir``. Subclasses list the files a config reads in
+    ``source_files``. Prepared files go to ``data_dir`` (TFDS's own argument; checked to be a writable
+    folder before anything is read), keyed by the content of the local source files (module docstring);
+    reading them back takes the same ``source_dir``, whose files are not read again while unchanged.
+    Builders are not registered with TFDS by name (``tfds.builder``); construct the classes directly.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -40,10 +53,30 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init_subclass__(**kwargs)
         cls.code_path = epath.Path(inspect.getfile(cls))
 
-    def __init__(self, *, source_dir: str | Path | None = None, **kwargs: Any):
+    def __init__(self, *, source_dir: str | Path | None = None,
+                 config: str | tfds.core.BuilderConfig | None = None, **kwargs: Any):
         kwargs.setdefault("file_format", tfds.core.FileFormat.ARRAY_RECORD)
+        if kwargs.get("data_dir") is not None:
+            check_output_folder(kwargs["data_dir"], may_exist=True)
         self.source_dir = None if source_dir is None else Path(source_dir)
-        super().__init__(**kwargs)
+        if self.source_dir is not None:
+            base = self._config_object(config)
+            key = content_key(self._local(self.source_files(base)))[:16]
+            config = (tfds.core.BuilderConfig(name=f"source-{key}") if base is None
+                      else dataclasses.replace(base, name=f"{base.name}-{key}"))
+        super().__init__(config=config, **kwargs)
+
+    def source_files(self, config: tfds.core.BuilderConfig | None) -> list[str]:
+        """The relative paths (in a folder like ``shared/data``) that ``config`` reads."""
+        raise NotImplementedError
+
+    def _config_object(self, config: str | tfds.core.BuilderConfig | None) -> tfds.core.BuilderConfig | None:
+        """The config a name (or None: the default) stands for."""
+        if config is None or isinstance(config, tfds.core.BuilderConfig):
+            return config if config is not None else self.get_default_builder_config()
+        if config not in self.builder_configs:
+            raise ValueError(f"unknown config {config!r}; known: {sorted(self.builder_configs)}")
+        return self.builder_configs[config]
 
     def _make_info(self, features: dict[str, Any], description: str, homepage: str) -> tfds.core.DatasetInfo:
         """DatasetInfo that keeps generation order (so row index order is the source's order)."""
@@ -53,15 +86,27 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _locate(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
-        """Local paths of ``relpaths``; FileNotFoundError naming the first one missing."""
+        """Local paths of ``relpaths`` (downloaded without ``source_dir``); FileNotFoundError naming the first
+        one missing."""
         if self.source_dir is not None:
-            paths = {rel: self.source_dir / rel for rel in relpaths}
-        else:
-            paths = self._download(dl_manager, relpaths)
+            return self._local(relpaths)
+        return self._found(self._download(dl_manager, relpaths))
+
+    def _local(self, relpaths: Sequence[str]) -> dict[str, Path]:
+        return self._found({rel: self.source_dir / rel for rel in relpaths})
+
+    def _found(self, paths: dict[str, Path]) -> dict[str, Path]:
         for path in paths.values():
             if not path.is_file():
                 raise FileNotFoundError(f"{self.name}: source file not found: {path}")
         return paths
+
+    def _require_network(self, url: str) -> None:
+        """ConnectionError at once, instead of minutes of download retries, when ``url`` cannot be reached."""
+        reason = offline_reason(url)
+        if reason is not None:
+            raise ConnectionError(f"{self.name}: cannot download its source ({reason}); pass a local data "
+                                  "folder laid out like shared/data (source_dir=, --data-dir in the scripts)")
 
     def _download(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
         """Download ``relpaths`` from their public URLs."""
@@ -69,6 +114,7 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if unknown:
             raise ValueError(f"{self.name}: no public download source for {unknown}; "
                              "pass source_dir= a folder laid out like shared/data")
+        self._require_network(self.SOURCE_URLS[relpaths[0]])
         downloaded = dl_manager.download({rel: self.SOURCE_URLS[rel] for rel in relpaths})
         return {rel: Path(path) for rel, path in downloaded.items()}
 

@@ -54,7 +54,10 @@ def run_main(argv: list[str], stop: int | None = None) -> tuple[int, int]:
     spy = CountingAnalysis(stop)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(routing.pipeline, "analyze_corpus", spy)
-        return script.main(argv), spy.calls
+        try:
+            return script.main(argv), spy.calls
+        except SystemExit as exit:
+            return exit.code, spy.calls
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +261,74 @@ def test_padding_invariance_through_the_model(loaded: tuple, reference: dict, re
     stored = LanguageStore(resumed_run["out"] / "languages").load("eng_Latn").aligned([(shortest,)])
     np.testing.assert_allclose(stored.q[:, 0], alone.q[:, 0], atol=1e-6)
     np.testing.assert_array_equal(stored.counts[:, 0], alone.counts[:, 0])
+
+
+def test_new_weights_of_the_same_shape_are_refused_not_reused(setup: dict, resumed_run: dict,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    weights = setup["model_dir"] / "model.safetensors"
+    original = weights.read_bytes()
+    other = setup["root"] / "other_weights"
+    tiny_model("olmoe", seed=1, vocab_size=50304, num_hidden_layers=4, hidden_size=32, intermediate_size=32,
+               num_experts_per_tok=TOP_K).save_pretrained(other)
+    new = (other / "model.safetensors").read_bytes()
+    assert len(new) == len(original) and new != original
+    try:
+        weights.write_bytes(new)
+        code, calls = run_main(resumed_run["argv"])
+    finally:
+        weights.write_bytes(original)
+    assert code == 2 and calls == 0
+    error = capsys.readouterr().err
+    assert "model_fingerprint" in error and "--restart" in error
+    assert run_main(resumed_run["argv"]) == (0, 0)  # the original weights are recognised again
+
+
+def test_corrupt_stored_language_is_named_with_the_remedy(resumed_run: dict, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(resumed_run["out"], out)
+    stored = out / "languages" / "hin_Deva.npz"
+    stored.write_bytes(stored.read_bytes()[:200])
+    argv = [*resumed_run["argv"][:-3], "--out", str(out), "--no-progress"]
+    assert resumed_run["argv"][-3] == "--out"
+    code, calls = run_main(argv)
+    assert code == 2 and calls == 0
+    error = capsys.readouterr().err
+    assert f"{stored} cannot be read" in error and "--restart" in error and "Traceback" not in error
+
+
+def test_wrong_tokenizer_and_unusable_out_fail_before_any_work(setup: dict, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    small = tmp_path / "small_vocab"  # a config only: the check must come before any weight is read
+    small.mkdir()
+    config = json.loads((setup["model_dir"] / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    shutil.copy(setup["model_dir"] / "tokenizer.json", small)
+    options = dict(zip(setup["args"][::2], setup["args"][1::2])) | {"--langs": "fra_Latn"}
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("")
+    for change, message in (({"--model": str(small), "--out": str(tmp_path / "out")},
+                             "has token ids up to 50279, but the model's vocabulary holds 1000"),
+                            ({"--out": str(a_file)}, f"{a_file} is a file, not a folder"),
+                            ({"--out": str(a_file / "out")}, f"cannot create {a_file / 'out'}")):
+        argv = [item for key, value in (options | change).items() for item in (key, value)]
+        code, calls = run_main([*argv, "--no-progress"])
+        assert code == 2 and calls == 0
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_fingerprint_follows_file_contents_not_hidden_caches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MOE_ROUTING_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights-1")
+    key = routing.pipeline.model_fingerprint(folder)
+    (folder / ".cache" / "huggingface").mkdir(parents=True)
+    (folder / ".cache" / "huggingface" / "model.safetensors.lock").write_text("download bookkeeping")
+    assert routing.pipeline.model_fingerprint(folder) == key
+    (folder / "model.safetensors").write_bytes(b"weights-2")  # same size, other weights
+    assert routing.pipeline.model_fingerprint(folder) != key
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        routing.pipeline.model_fingerprint(tmp_path / "cache")

@@ -1,11 +1,15 @@
 """The demo main job in its --quick setting writes every output; the organism's data and cache are reproducible."""
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from routing import demo
 from routing.demo import QUICK, u_shape
 from routing.organism import build_data, load_or_train, pack_rows, training_rows
 
@@ -13,13 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = ("settings.json", "training.json", "routing_table.json", "divergence.csv", "divergence.png", "window.json",
            "experts.json", "steering.json", "steering.csv", "finetune.json", "finetune.csv",
            "finetune_divergence.png", "summary.json", "summary.md")
+FINETUNE_OUTPUTS = ("finetune.json", "finetune.csv", "finetune_divergence.png")
 
 
-def test_quick_demo_writes_every_output_and_caches_the_organism(tmp_path):
+def test_quick_demo_writes_every_output_caches_the_organism_and_never_mixes_runs(tmp_path):
     out, cache = tmp_path / "report", tmp_path / "cache"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--quick", "--out", str(out),
-                           "--cache", str(cache), "--no-progress"], capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
+    command = [sys.executable, str(REPO / "scripts" / "demo.py"), "--quick", "--out", str(out), "--cache", str(cache),
+               "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"report folder: {out.resolve()}" in done.stdout
     for name in OUTPUTS:
@@ -33,6 +38,21 @@ def test_quick_demo_writes_every_output_and_caches_the_organism(tmp_path):
     assert not json.loads((out / "training.json").read_text())["from_cache"]
     organism = load_or_train(QUICK.organism, cache, progress=False)  # the second time: from the cache
     assert organism.history == [] and organism.key == summary["organism_key"]
+
+    report = {p.name: p.read_bytes() for p in out.iterdir()}
+    seed1 = subprocess.Popen([*command, "--seed", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # killed as soon as it starts building its report
+        while not list(tmp_path.glob(".report.tmp-*")) and seed1.poll() is None:
+            time.sleep(0.05)
+    finally:
+        seed1.kill()
+        seed1.wait()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == report  # the seed-0 report, untouched and whole
+    assert len(list(tmp_path.glob(".report.tmp-*"))) == 1
+    rerun = subprocess.run([*command, "--no-finetune"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUTS) - set(FINETUNE_OUTPUTS))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "report"]  # the killed run's folder is gone
 
 
 def test_training_rows_are_seeded_and_keep_documents_whole():
@@ -54,3 +74,33 @@ def test_u_shape_rule():
     assert u_shape(np.array([0.5, 0.2, 0.1, 0.3, 0.6]), 0.1)["u_shaped"]
     assert not u_shape(np.array([0.1, 0.2, 0.3, 0.4]), 0.1)["u_shaped"]  # minimum at the first layer
     assert not u_shape(np.array([0.5, 0.1, 0.11, 0.12]), 0.1)["u_shaped"]  # the last layer barely rises
+
+
+def _demo_main():
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_bad_settings_and_folders_fail_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the demo started before the error")
+
+    monkeypatch.setattr(demo, "load_or_train", forbidden)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("not a report")
+    (tmp_path / "file").write_text("")
+    cases = [(["--lam", "1e39"], "lam must be finite in float32"), (["--lam", "nan"], "lam must be finite"),
+             (["--lam", "0"], "lam must be non-zero"),
+             (["--out", str(tmp_path / "mine")], "holds files that are not a demo report"),
+             (["--out", str(tmp_path / "file")], "is a file, not a folder"),
+             (["--cache", str(tmp_path / "file")], "is a file, not a folder"),
+             (["--window", "0:9"], "0 <= FIRST <= LAST")]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            _demo_main()(["--quick", "--out", str(tmp_path / "report"), *args])
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in error and "Traceback" not in error, args
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "not a report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine"]

@@ -183,13 +183,29 @@ def no_compute(monkeypatch):
     ([[1, 2]], ["--control", "outside-window"], "needs Delta tables"),
     ([[3, 2]], [], "no selected expert lies in layers"),
     (None, ["--control", "language-experts", "--langs", "en,fr"], "no language experts for eng_Latn"),
+    ([[1, 2]], ["--lam", "1e39"], "lam must be finite in float32"),
+    ([[1, 2]], ["--lam", "nan"], "lam must be finite in float32"),
+    ([[1, 2]], ["--mode", "hard", "--lam", "0.5"], "mode 'hard' takes none"),
+    ("truncated", [], "experts.json: not a JSON file"),
+    ("no_delta", [], "experts.json: not an experts.json of find_experts: missing key(s) delta_task"),
+    ("folder", [], "experts.json: not a JSON file"),
+    ([[1, 2]], ["--out", "FILE"], "is a file, not a folder"),
 ])
 def test_bad_inputs_fail_before_any_compute(env, experts, tmp_path, no_compute, capsys, experts_json, extra, message):
     folder, data, _ = env
     path = experts
     if experts_json is not None:
         path = tmp_path / "experts.json"
-        path.write_text(json.dumps(experts_json))
+        if experts_json == "truncated":
+            path.write_text(experts.read_text()[:100])
+        elif experts_json == "no_delta":
+            path.write_text(json.dumps({k: v for k, v in json.loads(experts.read_text()).items() if k != "delta_task"}))
+        elif experts_json == "folder":
+            path.mkdir()
+        else:
+            path.write_text(json.dumps(experts_json))
+    (tmp_path / "file").write_text("")
+    extra = [str(tmp_path / "file") if arg == "FILE" else arg for arg in extra]
     args = ["--model", str(folder), "--task", "mgsm", "--experts", str(path), "--window", "1:2", "--langs", "fr",
             "--out", str(tmp_path / "out"), *data, "--plain"]
     with pytest.raises(SystemExit) as exit_info:
@@ -245,3 +261,53 @@ def test_paired_table_and_correlation_maths(tmp_path):
         correlate(middle, {"fra_Latn": 0.1, "deu_Latn": 0.2})
     with pytest.raises(ValueError, match="outside"):
         middle_divergence(read, (2, 4))
+
+
+@pytest.fixture
+def small_vocab(env, tmp_path):
+    """A model folder whose vocabulary (1000) is smaller than its tokenizer's, with no weights at all."""
+    folder = tmp_path / "small_vocab"
+    folder.mkdir()
+    config = json.loads((env[0] / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    (folder / "tokenizer.json").write_text((env[0] / "tokenizer.json").read_text())
+    return folder
+
+
+def test_tokenizer_beyond_the_model_vocabulary_fails_before_any_work(env, experts, small_vocab, tmp_path, capsys,
+                                                                     no_compute):
+    _, data, _ = env
+    message = "has token ids up to 50279, but the model's vocabulary holds 1000"
+    with pytest.raises(SystemExit) as exit_info:
+        script("steer_eval")(["--model", str(small_vocab), "--task", "mgsm", "--experts", str(experts), "--langs",
+                              "fr", "--out", str(tmp_path / "out"), *data, "--plain"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        script("find_experts")(["--model", str(small_vocab), "--task", "mgsm", "--tau", "0.3", "--window", "1:2",
+                                "--out", str(tmp_path / "out"), *data])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_offline_without_data_folder_or_cached_model_fails_in_one_line(env, tmp_path, capsys, monkeypatch):
+    from routing import expert_search
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("weights loaded before the error")
+
+    monkeypatch.setattr(expert_search, "load_model", forbidden)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder, _, _ = env
+    args = ["--task", "mgsm", "--tau", "0.3", "--window", "1:2", "--out", str(tmp_path / "out"),
+            "--tfds-dir", str(tmp_path / "tfds"), "--plain"]
+    with pytest.raises(SystemExit) as exit_info:
+        script("find_experts")(["--model", str(folder), *args])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error and ": error: " in error.splitlines()[-1]
+    assert "gsm8k_math: cannot download its source (HF_HUB_OFFLINE is set)" in error and "--data-dir" in error
+    with pytest.raises(SystemExit) as exit_info:
+        script("find_experts")(["--model", "some-org/not-cached-model", *args])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "not in the local HF hub cache" in error
+    assert "`hf download some-org/not-cached-model`" in error

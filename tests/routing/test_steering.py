@@ -190,6 +190,14 @@ def test_window():
         (lambda: steering.force_on(L, E, [(0, 1)], eps=-0.1), "eps must be finite and >= 0"),
         (lambda: steering.force_off(L, E, [(0, 1)], eps_std=float("inf")), "eps_std must be finite"),
         (lambda: steering.force_on(L, E, [(0, 1)], key=jnp.zeros(3, jnp.uint32)), "key must be a seed"),
+        (lambda: steering.soft(L, E, [(0, 1)], 1e39), r"lam must be finite in float32 .* got 1e\+39"),
+        (lambda: steering.soft(L, E, [(0, 1)], -np.float64(4e38)), "lam must be finite in float32"),
+        (lambda: steering.soft(L, E, [(0, 1)], jnp.array(jnp.inf)), "lam must be finite in float32"),
+        (lambda: steering.with_strength(steering.soft(L, E, [(0, 1)], 0.5), np.nan), "lam must be finite"),
+        (lambda: steering.soft(L, E, [(0, 1)], 3e38) + steering.soft(L, E, [(0, 1)], 3e38),
+         "steering strength must be finite in float32 .* 1 non-finite"),
+        (lambda: steering.force_on(L, E, [(0, 1)], eps=1e39), "eps must be finite in float32"),
+        (lambda: steering.chain(steering.empty(L, E), steering.empty(L + 1, E)), r"different numbers .* \[4, 5\]"),
         (lambda: steering.empty(0, E), "num_moe_layers"),
         (lambda: steering.window(steering.empty(L, E), [L]), "out of range"),
         (lambda: steering.empty(L, E)(jnp.zeros((1, E)), L), rf"moe_layer {L} out of range"),
@@ -258,3 +266,36 @@ def test_switching_between_fixed_and_random_eps_does_not_recompile():
                for kwargs in ({}, steering.PAPER_EPS, {**steering.PAPER_EPS, "key": 1}, {"eps": 0.5, "eps_std": 0.1})]
     assert len(traces) == 1
     assert len({np.asarray(o)[..., 3].tobytes() for o in outputs}) == 4
+
+
+def test_model_refuses_an_edit_for_another_number_of_moe_layers():
+    from moe import ModelConfig, MoeTransformer
+    from moe.generate import generate
+
+    config = ModelConfig(family="olmoe", vocab_size=16, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2,
+                         head_dim=4, num_experts=E, top_k=2, expert_size=8)
+    model = MoeTransformer(config)
+    ids = jnp.array([[1, 2, 3]])
+    params = model.init(jax.random.PRNGKey(0), ids)["params"]
+    forward = jax.jit(lambda edit: model.apply({"params": params}, ids, edit=edit).logits)
+    for layers in (4, 1):
+        edit = steering.soft(layers, E, [(0, 1)], 0.5)
+        for run in (lambda: model.apply({"params": params}, ids, edit=edit), lambda: forward(edit),
+                    lambda: generate(model, params, ids, max_new_tokens=2, edit=edit),
+                    lambda: forward(steering.chain(edit, lambda z, layer: z))):
+            with pytest.raises(ValueError, match=f"built for {layers} MoE layers; this model has 2"):
+                run()
+    steered = forward(steering.soft(2, E, [(1, 1)], 5.0))
+    assert not np.array_equal(np.asarray(steered), np.asarray(forward(None)))  # a fitting edit steers
+    assert np.array_equal(np.asarray(forward(steering.chain(lambda z, layer: z))), np.asarray(forward(None)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_huge_finite_strength_saturates_instead_of_making_nan(dtype):
+    z = jnp.asarray(_logits(13)).astype(dtype)
+    out = np.asarray(steering.soft(L, E, [(1, 2)], 3e38)(z, 1).astype(jnp.float32))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[..., 2], np.float32(jnp.finfo(dtype).max))
+    assert (out[..., 2:3] > np.delete(out, 2, axis=-1)).all()
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(out), axis=-1))
+    np.testing.assert_allclose(probs[..., 2], 1.0)

@@ -1,10 +1,13 @@
 """FLORES-200 builder: offline preparation, alignment, passage grouping, bad inputs."""
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
 
 from routing.data.flores import Flores200, flores_config, passage_spans
+from routing.data import source
 from routing.data.source import read_lines, read_records
 
 tfds.disable_progress_bar()
@@ -37,9 +40,13 @@ def test_passages_align_across_languages(passages, shared_data):
         assert records[-1]["text"].endswith(sentences[-1])
 
 
-def test_reading_back_needs_no_source_and_no_tensorflow(passages, data_dir):
-    again = read_records(Flores200(languages=FIVE, data_dir=data_dir), "devtest")
-    assert again == passages
+def test_reading_back_reuses_the_prepared_folder_without_tensorflow(passages, shared_data, data_dir):
+    builder = Flores200(languages=FIVE, source_dir=shared_data, data_dir=data_dir)
+    info = Path(builder.data_path) / "dataset_info.json"
+    stamp = info.stat().st_mtime_ns
+    builder.download_and_prepare()
+    assert read_records(builder, "devtest") == passages
+    assert info.stat().st_mtime_ns == stamp  # not prepared again
     assert "tensorflow" not in sys.modules
 
 
@@ -68,6 +75,12 @@ def test_config_names_follow_languages():
         flores_config("documents", ["eng_Latn"])
 
 
+def test_unusable_data_dir_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+        Flores200(languages=["eng_Latn"], data_dir=tmp_path / "file")
+
+
 def test_bad_languages_and_configs(shared_data, tmp_path):
     with pytest.raises(ValueError, match="arb_Arab"):
         Flores200(languages=["arb"], data_dir=tmp_path)
@@ -91,9 +104,8 @@ def test_synthetic_folder_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match="deu_Latn"):  # a real code, but not in this folder
         Flores200(languages=["deu_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
     (tmp_path / "src" / "flores200" / "metadata_devtest.tsv").unlink()
-    missing = Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="metadata_devtest.tsv"):
-        missing.download_and_prepare()
+        Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
 
 
 def test_line_count_mismatch_is_an_error(tmp_path):
@@ -114,7 +126,8 @@ class FakeDownloads:
         return self.root
 
 
-def test_download_path_reads_the_official_archive_layout(tmp_path):
+def test_download_path_reads_the_official_archive_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(source, "offline_reason", lambda url: None)  # the download manager is faked
     _tiny_flores(tmp_path, ["eng_Latn"])
     (tmp_path / "flores200").rename(tmp_path / "flores200_dataset")
     downloads = FakeDownloads(tmp_path)
@@ -122,3 +135,32 @@ def test_download_path_reads_the_official_archive_layout(tmp_path):
     records = [record for _, record in builder._split_generators(downloads)["devtest"]]
     assert downloads.urls == ["https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz"]
     assert [(r["text"], r["passage_id"]) for r in records] == [("s1", 0), ("s2", 0), ("s3", 1)]
+
+
+def test_prepared_data_is_keyed_by_source_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_ROUTING_CACHE", str(tmp_path / "cache"))
+    _tiny_flores(tmp_path / "src", ["eng_Latn"])
+    first = Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    first.download_and_prepare()
+    assert [r["text"] for r in read_records(first, "devtest")] == ["s1 s2", "s3"]
+    devtest = tmp_path / "src" / "flores200" / "devtest" / "eng_Latn.devtest"
+    stat = devtest.stat()
+    devtest.write_text("t1\nt2\nt3\n")  # same size, same modification time: only the bytes differ
+    os.utime(devtest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = Flores200(languages=["eng_Latn"], source_dir=tmp_path / "src", data_dir=tmp_path / "out")
+    assert second.data_path != first.data_path and second.builder_config.languages == ("eng_Latn",)
+    second.download_and_prepare()
+    assert [r["text"] for r in read_records(second, "devtest")] == ["t1 t2", "t3"]
+    assert [r["text"] for r in read_records(first, "devtest")] == ["s1 s2", "s3"]  # the old data set is kept
+
+
+def test_offline_download_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    class NoDownloads:
+        def download_and_extract(self, url):
+            raise AssertionError("a download was attempted")
+
+    builder = Flores200(config="sentences_paper", languages=["eng_Latn"], data_dir=tmp_path / "out")
+    with pytest.raises(ConnectionError, match=r"cannot download its source \(HF_HUB_OFFLINE is set\).*--data-dir"):
+        builder._split_generators(NoDownloads())

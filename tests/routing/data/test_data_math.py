@@ -2,6 +2,7 @@
 import pytest
 import tensorflow_datasets as tfds
 
+from routing.data import source
 from routing.data.math_problems import Gsm8k, Mgsm, gsm8k_final_answer, parse_number
 from routing.data.source import read_records
 
@@ -52,7 +53,8 @@ def test_missing_files_are_named(tmp_path):
         Gsm8k(source_dir=tmp_path, data_dir=tmp_path / "out").download_and_prepare()
 
 
-def test_download_path_fetches_each_file_from_its_url(tmp_path):
+def test_download_path_fetches_each_file_from_its_url(tmp_path, monkeypatch):
+    monkeypatch.setattr(source, "offline_reason", lambda url: None)  # the download manager is faked
     requested = {}
 
     class FakeDownloads:
