@@ -32,11 +32,10 @@ import numpy as np
 from routing import pipeline
 from routing.analysis import divergence_curves, select_middle_window
 from routing.correlation import correlate, middle_divergence
-from moe.convert import resolve_model_path
 from routing.data import belebele_languages
 from routing.eval_figures import plot_correlation
 from routing.evaluation import ItemResult, accuracy_table
-from routing.model_io import LoadedModel, load_tokenizer_for
+from routing.model_io import LoadedModel, load_tokenizer_for, peek_config
 from routing.report import parse_window
 from routing.store import StaleResultError, atomic_path, settings_difference, write_json
 from routing.tasks import EvalSettings, TaskData, flores_language, load_task, run_task
@@ -139,7 +138,7 @@ def prepare(config: CorrelateConfig) -> PreparedCorrelation:
         raise ValueError(f"n_boot must be >= 1, got {config.n_boot}")
     reference = flores_language(config.reference)
     codes = choose_languages(config.languages, reference, Path(config.data_dir))
-    folder = resolve_model_path(config.model)
+    folder, model_config = peek_config(config.model)
     settings = dataclasses.replace(config.eval, chat=config.chat, chat_template=config.chat_template)
     belebele_settings = {"model": str(folder.resolve()), "model_fingerprint": pipeline.model_fingerprint(folder),
                          "dtype": config.dtype, "eval": _jsonable(settings),
@@ -148,7 +147,7 @@ def prepare(config: CorrelateConfig) -> PreparedCorrelation:
         store = BelebeleStore(Path(config.out_dir) / "belebele")
         for code in codes:
             store.load(code, belebele_settings)  # StaleResultError before any work
-    tokenizer = load_tokenizer_for(folder, config.tokenizer)
+    tokenizer = load_tokenizer_for(folder, config.tokenizer, model_config)
     tasks = {code: load_task("belebele", [code], settings, source_dir=config.data_dir, data_dir=config.tfds_dir)
              for code in codes}
     analysis = pipeline.prepare(pipeline.AnalysisConfig(

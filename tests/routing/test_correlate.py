@@ -14,7 +14,7 @@ from tiny_olmoe import tfds_dir, write_tiny_olmoe
 
 import routing.correlate_pipeline
 import routing.pipeline
-from routing.model_io import load_model, load_tokenizer_for
+from routing.model_io import load_model, load_tokenizer_for, peek_config
 from routing.tasks import EvalSettings, load_task, run_task
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -77,7 +77,7 @@ def test_correlate_end_to_end(env, shared_data, capsys):
     for lang in record["languages"]:  # the divergence analyze_routing reported, averaged over the window
         assert record["divergence"][lang] == pytest.approx(np.mean(table[lang]["divergence"][1:3]), rel=1e-6)
 
-    loaded = load_model(folder, load_tokenizer_for(folder))
+    loaded = load_model(folder, load_tokenizer_for(folder, None, peek_config(folder)[1]))
     settings = EvalSettings(limit=3, max_length=256, truncation="keep_end", batch_size=4)
     tha = load_task("belebele", ["tha_Thai"], settings, source_dir=shared_data, data_dir=None)
     direct = run_task(loaded.model, loaded.params, loaded.tokenizer, tha, settings)
