@@ -23,9 +23,9 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from moe.generate import generate
-from routing.data.chat import ChatVariables, encode_conversations
-from routing.data.tokenize import Truncation, bucket_batches, encode_texts, length_buckets
-from routing.evaluation import ItemResult
+from routing.data.chat import ChatVariables
+from routing.data.tokenize import Truncation, bucket_batches, encode_conversations, encode_texts, length_buckets
+from routing.eval.results import ItemResult
 from routing.scoring import extract_last_number, numbers_match
 
 Exemplar = Mapping[str, Any]  # question, answer_number

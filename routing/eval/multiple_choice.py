@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from moe.inputs import check_inputs
 from routing.data.chat import ChatVariables
 from routing.data.tokenize import Truncation, bucket_batches, encode_texts, length_buckets
-from routing.evaluation import ItemResult
+from routing.eval.results import ItemResult
 from routing.scoring import choose_option
 
 LETTERS = "ABCD"

@@ -1,8 +1,11 @@
-"""The evaluation tasks by name: their settings, their records per language, and one call to run them.
+"""The evaluation tasks: a registry of `Task`s, the settings that decide how they run (`EvalSettings`), their
+records per language (`load_task`) and one call to run them (`run_task`).
 
-Tasks: "mgsm" (generation, ``routing.mgsm``), "belebele" and "medical" (log-likelihood multiple choice,
-``routing.multiple_choice``). Records are read through the TFDS builders of ``routing.data``;
-``source_dir`` is a folder laid out like ``shared/data``, ``data_dir`` where TFDS keeps prepared files.
+A `Task` names the TFDS builder and split of its records (``routing.data``), how they are prompted and
+scored (generation with the last number of the answer scored, as MGSM, ``routing.eval.mgsm``; or multiple
+choice by log-likelihood, ``routing.eval.multiple_choice``), where few-shot exemplars come from, and the
+English data its task experts are measured on. A new task is its builder and one entry in `TASKS`.
+``source_dir`` is a folder laid out like ``shared/data``, ``tfds_dir`` where TFDS keeps prepared files.
 """
 from __future__ import annotations
 
@@ -11,16 +14,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from routing.data import DEFAULT_CHAT_DATE, Belebele, ChatVariables, Gsm8k, MedicalMcq, Mgsm, read_records
-from routing.data.languages import FLORES_200_LANGUAGES, SHORT_CODES, validate_flores_languages
-from routing.evaluation import ItemResult
-from routing.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
-                          gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
-from routing.multiple_choice import McFormat, evaluate_multiple_choice
+import numpy as np
 
-TASKS = ("mgsm", "belebele", "medical")
+from routing.data.belebele import Belebele
+from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, Turn
+from routing.data.languages import flores_language
+from routing.data.math_problems import Gsm8k, Mgsm
+from routing.data.medical import MedicalMcq, MedInstruct
+from routing.data.source import SourceBuilder, read_records
+from routing.eval.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
+                               gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
+from routing.eval.multiple_choice import McFormat, evaluate_multiple_choice
+from routing.eval.results import ItemResult
+
 SHOT_SOURCES = ("gsm8k", "mgsm")
-BUILDERS = {"mgsm": Mgsm, "belebele": Belebele, "medical": MedicalMcq}
+Records = list[Mapping[str, Any]]
+Exemplars = dict[str, Records]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,52 +124,117 @@ class TaskData:
     exemplars: dict[str, list[Mapping[str, Any]]]
 
 
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    return task
-
-
-def flores_language(code: str) -> str:
-    """A FLORES-200 code from a FLORES code or a short code (``"fr"`` -> ``"fra_Latn"``)."""
-    if code in FLORES_200_LANGUAGES:
-        return code
-    if code in SHORT_CODES:
-        return SHORT_CODES[code]
-    return validate_flores_languages([code])[0]  # raises, naming close matches
-
-
-def _prepared(builder_cls, source_dir: Path | None, data_dir: Path | None, **kwargs):
-    builder = builder_cls(source_dir=source_dir, data_dir=None if data_dir is None else str(data_dir), **kwargs)
+def _prepared(builder_cls: type[SourceBuilder], source_dir: str | Path | None,
+              tfds_dir: str | Path | None) -> SourceBuilder:
+    builder = builder_cls(source_dir=None if source_dir is None else Path(source_dir),
+                          data_dir=None if tfds_dir is None else str(tfds_dir))
     builder.download_and_prepare()
     return builder
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertData:
+    """The English data a task's experts are found with: records of one split of a builder, each made into a
+    (user, assistant) conversation by ``turns``."""
+
+    builder: type[SourceBuilder]
+    split: str
+    turns: Callable[[Mapping[str, Any]], list[Turn]]
+
+    def conversations(self, num_samples: int, seed: int = 0, *, source_dir: str | Path | None,
+                      tfds_dir: str | Path | None = None) -> list[list[Turn]]:
+        """``num_samples`` conversations drawn without replacement (seeded; all records when there are fewer)."""
+        rows = read_records(_prepared(self.builder, source_dir, tfds_dir), self.split)
+        chosen = np.random.default_rng(seed).choice(len(rows), min(num_samples, len(rows)), replace=False)
+        return [self.turns(rows[i]) for i in chosen]
+
+
+Evaluate = Callable[..., list[ItemResult]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One evaluation: its records (``builder``, ``split``), how they are prompted and scored (``evaluate``),
+    where few-shot exemplars come from (``exemplars``; None: the task takes none, ``shots`` is ignored) and
+    the data its task experts are measured on (``experts``; None: no expert search)."""
+
+    name: str
+    builder: type[SourceBuilder]
+    split: str
+    evaluate: Evaluate
+    exemplars: Callable[..., tuple[Exemplars, Records]] | None = None
+    experts: ExpertData | None = None
+
+
+def generation(model, params, tokenizer, data: TaskData, settings: EvalSettings, **run: Any) -> list[ItemResult]:
+    """Greedy answers, scored by their last number (``routing.eval.mgsm``)."""
+    return evaluate_mgsm(model, params, tokenizer, data.records, settings.mgsm_format(), exemplars=data.exemplars,
+                         max_new_tokens=settings.max_new_tokens, **run)
+
+
+def multiple_choice(model, params, tokenizer, data: TaskData, settings: EvalSettings, *,
+                    eos_ids: set[int] | None = None, **run: Any) -> list[ItemResult]:
+    """The option with the highest log-likelihood (``routing.eval.multiple_choice``; ``eos_ids`` unused)."""
+    return evaluate_multiple_choice(model, params, tokenizer, data.records, settings.mc_format(),
+                                    length_normalized=settings.length_normalized, **run)
+
+
+def mgsm_exemplars(records: Records, languages: Sequence[str], settings: EvalSettings, *,
+                   source_dir: str | Path | None, tfds_dir: str | Path | None) -> tuple[Exemplars, Records]:
+    """``settings.shots`` exemplars per language and the records left to evaluate: GSM8K train problems (the
+    same English shots for every language), or MGSM's own items (removed from the evaluated records)."""
+    if settings.shot_source == "mgsm":
+        return split_mgsm_exemplars(records, settings.shots, settings.seed)
+    train = read_records(_prepared(Gsm8k, source_dir, tfds_dir), "train")
+    shots = gsm8k_exemplars(train, settings.shots, settings.seed)
+    return {lang: shots for lang in languages}, records
+
+
+def _solution(record: Mapping[str, Any]) -> list[Turn]:
+    return [("user", record["question"]), ("assistant", record["answer"])]
+
+
+def _instruction(record: Mapping[str, Any]) -> list[Turn]:
+    return [("user", "\n\n".join(text for text in (record["instruction"], record["input"]) if text)),
+            ("assistant", record["output"])]
+
+
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("mgsm", Mgsm, "test", generation, exemplars=mgsm_exemplars,
+         experts=ExpertData(Gsm8k, "train", _solution)),  # GSM8K question and worked solution
+    Task("belebele", Belebele, "test", multiple_choice),
+    Task("medical", MedicalMcq, "test", multiple_choice,
+         experts=ExpertData(MedInstruct, "test", _instruction)),  # instruction (and input), reference answer
+)}
+EXPERT_TASKS = tuple(name for name, task in TASKS.items() if task.experts is not None)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; ValueError naming the choices otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {tuple(TASKS)}")
+    return TASKS[name]
+
+
 def load_task(task: str, languages: Sequence[str], settings: EvalSettings = EvalSettings(), *,
-              source_dir: str | Path | None = None, data_dir: str | Path | None = None) -> TaskData:
+              source_dir: str | Path | None = None, tfds_dir: str | Path | None = None) -> TaskData:
     """Records of ``task`` in ``languages``, aligned: the ids every language has (first ``limit`` of them).
 
     Raises ValueError for an unknown task or a language the task's data does not have.
     """
-    check_task(task)
+    spec = get_task(task)
     langs = tuple(dict.fromkeys(flores_language(code) for code in languages))
     if not langs:
         raise ValueError("no languages given")
-    source = None if source_dir is None else Path(source_dir)
-    records = read_records(_prepared(BUILDERS[task], source, data_dir), "test")
+    records = read_records(_prepared(spec.builder, source_dir, tfds_dir), spec.split)
     have = sorted({r["language"] for r in records})
     missing = [lang for lang in langs if lang not in have]
     if missing:
         raise ValueError(f"{task} has no data for {missing}; available: {have}")
     records = [r for r in records if r["language"] in langs]
-    exemplars: dict[str, list] = {}
-    if task == "mgsm" and settings.shots:
-        if settings.shot_source == "mgsm":
-            exemplars, records = split_mgsm_exemplars(records, settings.shots, settings.seed)
-        else:
-            train = read_records(_prepared(Gsm8k, source, data_dir), "train")
-            shots = gsm8k_exemplars(train, settings.shots, settings.seed)
-            exemplars = {lang: shots for lang in langs}
+    exemplars: Exemplars = {}
+    if spec.exemplars is not None and settings.shots:
+        exemplars, records = spec.exemplars(records, langs, settings, source_dir=source_dir, tfds_dir=tfds_dir)
     ids = sorted(set.intersection(*({r["id"] for r in records if r["language"] == lang} for lang in langs)))
     keep = set(ids[:settings.limit])
     by_key = {(r["language"], r["id"]): r for r in records if r["id"] in keep}
@@ -172,10 +246,7 @@ def run_task(model, params, tokenizer, data: TaskData, settings: EvalSettings = 
              edit=None, eos_ids: set[int] | None = None,
              progress: Callable[[int], None] | None = None) -> list[ItemResult]:
     """Evaluate every record of ``data`` (with ``edit`` applied to routing, if given)."""
-    common = dict(batch_size=settings.batch_size, buckets=settings.buckets, max_length=settings.max_length,
-                  truncation=settings.truncation, edit=edit, progress=progress)
-    if data.task == "mgsm":
-        return evaluate_mgsm(model, params, tokenizer, data.records, settings.mgsm_format(), exemplars=data.exemplars,
-                             eos_ids=eos_ids, max_new_tokens=settings.max_new_tokens, **common)
-    return evaluate_multiple_choice(model, params, tokenizer, data.records, settings.mc_format(),
-                                    length_normalized=settings.length_normalized, **common)
+    return get_task(data.task).evaluate(model, params, tokenizer, data, settings, batch_size=settings.batch_size,
+                                        buckets=settings.buckets, max_length=settings.max_length,
+                                        truncation=settings.truncation, edit=edit, eos_ids=eos_ids,
+                                        progress=progress)

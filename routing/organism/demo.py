@@ -18,7 +18,6 @@ interrupted run leaves the earlier report as it was. The report holds:
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -28,18 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from moe.atomic import atomic_folder, check_output_folder
+from moe.atomic import atomic_folder, atomic_path, check_output_folder
 from routing import steering
-from routing.cache import default_cache_dir
-from routing.analysis import CorpusRouting, analyze_corpus, divergence_curves, select_middle_window, statistics_fn
-from routing.evaluation import ItemResult, paired_table
+from routing.analysis import analyze_corpus, divergence_curves, select_middle_window, statistics_fn
+from routing.eval.results import ItemResult, paired_table
 from routing.experts import random_experts, select_experts, specialization
-from routing.figures import plot_divergence_curves
 from routing.finetune import FinetuneSettings, finetune
-from routing.organism import (BASE, Organism, OrganismSettings, load_or_train, pair_batch_fn, parallel_batches,
-                              sentence_batches, task_results)
-from routing.report import routing_table, window_record, write_table_csv
-from routing.store import atomic_path, write_json
+from routing.organism.model import (BASE, Organism, OrganismSettings, load_or_train, pair_batch_fn,
+                                    parallel_batches, sentence_batches, task_results)
+from routing.outputs.cache import default_cache_dir
+from routing.outputs.figures import plot_divergence_curves
+from routing.outputs.files import write_csv, write_json
+from routing.outputs.tables import routing_table, window_record, write_table_csv
+from routing.stats import CorpusRouting
+from routing.window import Window
 
 NON_BASE = "non-base"  # the table row pooling every language but base
 
@@ -107,17 +108,10 @@ def comparison_rows(base: Sequence[ItemResult], other: Sequence[ItemResult]) -> 
     return rows + [{**pooled[-1], "language": NON_BASE}]
 
 
-def window_mean(curves: Mapping[str, np.ndarray], window: tuple[int, int]) -> dict[str, float]:
+def window_mean(curves: Mapping[str, np.ndarray], window: Window) -> dict[str, float]:
     """Mean divergence inside the window per language, and over all of them (NON_BASE)."""
-    means = {lang: float(np.mean(c[window[0]:window[1] + 1])) for lang, c in curves.items()}
+    means = {lang: window.mean(curve) for lang, curve in curves.items()}
     return means | {NON_BASE: float(np.mean(list(means.values())))}
-
-
-def _write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _by_language(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -125,7 +119,7 @@ def _by_language(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, An
 
 
 def find_task_experts(organism: Organism, stats_fn: Callable, generic: CorpusRouting, settings: DemoSettings,
-                      window: tuple[int, int]) -> dict[str, Any]:
+                      window: Window) -> dict[str, Any]:
     """Delta = r(base task examples) - r(generic base sentences); task experts in the window and controls."""
     examples = organism.corpus.task_train[BASE][:settings.task_expert_samples]
     batches = sentence_batches(organism.tokenizer, [(e.id, BASE, e.text) for e in examples], 100,
@@ -133,7 +127,7 @@ def find_task_experts(organism: Organism, stats_fn: Callable, generic: CorpusRou
     task = analyze_corpus(organism.model, organism.params, batches, stats_fn=stats_fn)
     delta = specialization(task.activation_rate, generic.activation_rate)
     num_layers, num_experts = delta.shape
-    inside = list(range(window[0], window[1] + 1))
+    inside = list(window.layers)
     outside = [layer for layer in range(num_layers) if layer not in inside]
     rule = {"tau": settings.tau} if settings.tau is not None else {"top_n": settings.top_n}
     experts = select_experts(delta, layers=inside, **rule)
@@ -204,7 +198,7 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
     write_table_csv(out / "divergence.csv", table, config.moe_layers)
     curves = divergence_curves(corpora, BASE)
     selected = settings.window is None
-    window = select_middle_window(curves, settings.window_fraction) if selected else settings.window
+    window = select_middle_window(curves, settings.window_fraction) if selected else Window(*settings.window)
     mean_curve = np.mean(np.stack(list(curves.values())), axis=0)
     shape = {"mean": u_shape(mean_curve, settings.u_min_rise)}
     shape |= {lang: u_shape(curve, settings.u_min_rise) for lang, curve in curves.items()}
@@ -219,20 +213,17 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
     write_json(out / "experts.json", {"window": list(window), "rule": found["rule"],
                                       "task_experts": found["task_experts"], "controls": found["controls"],
                                       "delta": found["delta"].round(6).tolist()})
-    num_layers, num_experts = config.num_moe_layers, config.num_experts
-    edits = {"baseline": steering.empty(num_layers, num_experts),
-             "steered": steering.soft(num_layers, num_experts, found["task_experts"], settings.lam)}
-    edits |= {name: steering.soft(num_layers, num_experts, pairs, settings.lam)
-              for name, pairs in found["controls"].items()}
+    edits = {"baseline": steering.empty(config), "steered": steering.soft(config, found["task_experts"], settings.lam)}
+    edits |= {name: steering.soft(config, pairs, settings.lam) for name, pairs in found["controls"].items()}
     results = {name: evaluate(org, org.params, edit) for name, edit in edits.items()}
     steer_rows = {name: comparison_rows(results["baseline"], results[name]) for name in edits if name != "baseline"}
     write_json(out / "steering.json", {"lam": settings.lam, "conditions": steer_rows})
-    _write_rows(out / "steering.csv", [{"condition": name, **row} for name, rows in steer_rows.items() for row in rows])
+    write_csv(out / "steering.csv", [{"condition": name, **row} for name, rows in steer_rows.items() for row in rows])
     lap("steering")
 
     finetuned: dict[str, Any] = {}
     if settings.finetune_steps:
-        ft = FinetuneSettings(layers=tuple(range(window[0], window[1] + 1)), divergence=settings.finetune_divergence,
+        ft = FinetuneSettings(layers=tuple(window.layers), divergence=settings.finetune_divergence,
                               router_only=settings.finetune_router_only, steps=settings.finetune_steps,
                               learning_rate=settings.finetune_learning_rate)
         others = [lang for lang in org.corpus.languages if lang != BASE]
@@ -254,7 +245,7 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
                      for name, run in finetuned.items()},
             "routing_aware_vs_plain": comparison_rows(finetuned["plain"]["results"],
                                                       finetuned["routing_aware"]["results"])})
-        _write_rows(out / "finetune.csv",
+        write_csv(out / "finetune.csv",
                     [{"run": name, **row} for name, run in finetuned.items() for row in run["rows"]])
         plot_divergence_curves(panels, window, out / "finetune_divergence.png", reference=BASE)
         lap("finetune")
@@ -267,7 +258,7 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
     return summary
 
 
-def _summary(org: Organism, settings: DemoSettings, window: tuple[int, int], shape: dict[str, Any],
+def _summary(org: Organism, settings: DemoSettings, window: Window, shape: dict[str, Any],
              curves: Mapping[str, np.ndarray], num_task_experts: int, steer_rows: Mapping[str, list],
              finetuned: Mapping[str, Any], timings: Mapping[str, float]) -> dict[str, Any]:
     """Per language: middle-window divergence and accuracy under every condition; pooled verdicts."""

@@ -1,6 +1,6 @@
 """The model organism: a tiny MoE language model trained on the synthetic multilingual corpus.
 
-Text formats (word-level `routing.synthetic.Tokenizer`):
+Text formats (word-level `routing.organism.synthetic.tokenizer.Tokenizer`):
 - monolingual document: ``<bos> <lang:X> words <eos>`` (parallel sentences and task examples);
 - bitext document: ``<bos> <lang:base> words <lang:X> words <eos>`` (either direction), the only place the
   model sees two languages side by side;
@@ -33,25 +33,17 @@ import orbax.checkpoint as ocp
 from moe import ModelConfig, MoeTransformer
 from moe.train import (LossWeights, checkpoint_manager, fit, init_state, make_train_step, param_path,
                        router_only)
-from routing.cache import default_cache_dir
-from routing.evaluation import ItemResult
-from routing.store import write_json
-from routing.synthetic import (ANSWER_MARKER, Corpus, CorpusSizes, Tokenizer, build_corpus, build_tokenizer,
-                               make_languages)
-from routing.synthetic.task import answer_tokens
+from routing.data.tokenize import TokenBatch
+from routing.eval.results import ItemResult
+from routing.organism.synthetic.corpus import Corpus, CorpusSizes, build_corpus
+from routing.organism.synthetic.languages import make_languages
+from routing.organism.synthetic.task import ANSWER_MARKER, answer_tokens
+from routing.organism.synthetic.tokenizer import Tokenizer, build_tokenizer
+from routing.outputs.cache import default_cache_dir
+from routing.outputs.files import write_json
 
 FORMAT_VERSION = 2
 BASE = "base"
-
-
-@dataclasses.dataclass(frozen=True)
-class TextBatch:
-    """int32 ``input_ids`` / ``attention_mask`` [batch, length], left-padded; ``keys[i]`` aligns row i
-    (None: a filler row)."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    keys: tuple[Hashable | None, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +252,7 @@ def load_or_train(settings: OrganismSettings, cache_dir: str | os.PathLike | Non
 
 
 def sentence_batches(tokenizer: Tokenizer, items: Sequence[tuple[Hashable, str, str]], batch_size: int,
-                     width: int) -> list[TextBatch]:
+                     width: int) -> list[TokenBatch]:
     """Analysis batches of ``<bos> <lang:X> words`` from (key, language, text) items, left-padded to `width`;
     the last batch is filled with empty rows (key None)."""
     batches = []
@@ -274,18 +266,18 @@ def sentence_batches(tokenizer: Tokenizer, items: Sequence[tuple[Hashable, str, 
                 raise ValueError(f"a sequence of {len(row)} tokens does not fit width={width}")
             ids[r, width - len(row):], mask[r, width - len(row):] = row, 1
         keys = tuple(k for k, _, _ in chunk) + (None,) * (batch_size - len(chunk))
-        batches.append(TextBatch(ids, mask, keys))
+        batches.append(TokenBatch(ids, mask, keys))
     return batches
 
 
-def parallel_batches(organism: Organism, lang: str, batch_size: int = 100, split: str = "test") -> list[TextBatch]:
+def parallel_batches(organism: Organism, lang: str, batch_size: int = 100, split: str = "test") -> list[TokenBatch]:
     """The parallel sentences of `lang` (keyed by meaning id) as analysis batches."""
     examples = (organism.corpus.parallel_test if split == "test" else organism.corpus.parallel_train)[lang]
     return sentence_batches(organism.tokenizer, [(e.id, lang, e.text) for e in examples], batch_size,
                             organism.settings.seq_len)
 
 
-def task_batches(organism: Organism, lang: str, batch_size: int = 100, split: str = "test") -> list[TextBatch]:
+def task_batches(organism: Organism, lang: str, batch_size: int = 100, split: str = "test") -> list[TokenBatch]:
     """Task prompts ``<bos> <lang:X> question <answer>`` (keyed by problem id) as batches."""
     examples = (organism.corpus.task_test if split == "test" else organism.corpus.task_train)[lang]
     items = [(e.id, lang, f"{e.question} {ANSWER_MARKER}") for e in examples]

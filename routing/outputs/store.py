@@ -1,12 +1,13 @@
-"""Results on disk: JSON written atomically and per-language routing summaries with a settings fingerprint.
+"""Per-language results on disk, each tagged with the settings it was computed under, so runs resume.
 
-A language's `CorpusRouting` is saved as ``{folder}/{language}.npz`` together with the settings it was
-computed under (a JSON object). Loading checks those settings against the current ones, so a result
-computed with another model, other inputs or other statistics options is never reused silently; a file
-that cannot be read whole is refused the same way (StaleResultError naming it).
+`LanguageStore` keeps a language's `CorpusRouting` as ``{folder}/{language}.npz``; `ItemStore` keeps a
+language's evaluated items as ``{folder}/{language}.json``. Both check stored settings against the current
+ones, so a result computed with another model, other inputs or other options is never reused silently
+(StaleResultError naming the file and the settings that differ; also for a file that cannot be read whole).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Mapping
@@ -16,25 +17,11 @@ from typing import Any
 import numpy as np
 
 from moe.atomic import atomic_path
-from routing.analysis import CorpusRouting
+from routing.eval.results import ItemResult
+from routing.outputs.files import StaleResultError, settings_difference, write_json
+from routing.stats import CorpusRouting
 
 ARRAYS = ("q", "counts", "lengths", "entropy", "consistency")
-
-
-def write_json(path: str | Path, data: Any, indent: int | None = 1) -> None:
-    """Write `data` as JSON, atomically (NaN must already be replaced by None)."""
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(data, indent=indent, allow_nan=False) + "\n", encoding="utf-8")
-
-
-class StaleResultError(ValueError):
-    """Stored results were computed under settings other than the current ones."""
-
-
-def settings_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Human-readable ``key: stored -> current`` lines for every setting that differs."""
-    return [f"{key}: {stored.get(key)!r} -> {current.get(key)!r}"
-            for key in sorted(set(stored) | set(current)) if stored.get(key) != current.get(key)]
 
 
 class LanguageStore:
@@ -90,3 +77,29 @@ class LanguageStore:
 
     def remove(self, language: str) -> None:
         self.path(language).unlink(missing_ok=True)
+
+
+class ItemStore:
+    """Per-language evaluated items (``{folder}/{language}.json``), each file tagged with its settings."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path(self, language: str) -> Path:
+        return self.folder / f"{language}.json"
+
+    def load(self, language: str, settings: Mapping[str, Any]) -> list[ItemResult] | None:
+        """The stored items of ``language``, None if not stored; StaleResultError if scored under other settings."""
+        if not self.path(language).is_file():
+            return None
+        stored = json.loads(self.path(language).read_text())
+        changed = settings_difference(stored["settings"], settings)
+        if changed:
+            raise StaleResultError(f"{self.path(language)} was scored with other settings (" + "; ".join(changed)
+                                   + "); pass --restart or choose another --out")
+        return [ItemResult(**item) for item in stored["items"]]
+
+    def save(self, language: str, items: list[ItemResult], settings: Mapping[str, Any]) -> None:
+        """Store ``items`` atomically with their settings."""
+        write_json(self.path(language), {"settings": dict(settings), "items": [dataclasses.asdict(i) for i in items]},
+                   indent=None)

@@ -1,4 +1,5 @@
-"""The routing table (per layer and language) and the middle-layer window record, as JSON and CSV.
+"""The routing table (per layer and language) and the middle-layer window record, as JSON and CSV, and the
+divergence curves read back from such a table.
 
 Layer indexing, used everywhere in the outputs: ``moe_layer`` i is the i-th MoE layer, 0-indexed (the
 index into ``router_logits``); ``decoder_layer`` is its 0-indexed position among all decoder layers
@@ -7,6 +8,7 @@ index into ``router_logits``); ``decoder_layer`` is its 0-indexed position among
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from routing.analysis import CorpusRouting, divergence_curves
-from routing.store import atomic_path
-
-CSV_COLUMNS = ("language", "moe_layer", "decoder_layer", "divergence", "jsd", "entropy", "consistency",
-               "passages", "tokens")
+from routing.analysis import divergence_curves
+from routing.outputs.files import write_csv
+from routing.stats import CorpusRouting
+from routing.window import Window
 
 
 def _floats(values: np.ndarray) -> list:
@@ -52,14 +53,13 @@ def routing_table(corpora: Mapping[str, CorpusRouting], reference: str) -> dict[
     return table
 
 
-def window_record(window: tuple[int, int], moe_layers: Sequence[int], *, selected: bool,
+def window_record(window: Window, moe_layers: Sequence[int], *, selected: bool,
                   rule: Mapping[str, Any] | None = None, mean_curve: np.ndarray | None = None) -> dict[str, Any]:
     """The middle-layer window in MoE-layer and decoder-layer indices (0-indexed, inclusive)."""
-    first, last = window
     return {
-        "moe_layers": [first, last],
-        "decoder_layers": [moe_layers[first], moe_layers[last]],
-        "decoder_layers_in_window": list(moe_layers[first:last + 1]),
+        "moe_layers": list(window),
+        "decoder_layers": [moe_layers[window.first], moe_layers[window.last]],
+        "decoder_layers_in_window": [moe_layers[layer] for layer in window.layers],
         "indexing": "0-indexed, inclusive; moe_layers index MoE layers, decoder_layers index all decoder layers",
         "source": "selected" if selected else "override",
         "rule": dict(rule) if selected and rule else None,
@@ -67,26 +67,29 @@ def window_record(window: tuple[int, int], moe_layers: Sequence[int], *, selecte
     }
 
 
-def parse_window(text: str, num_moe_layers: int) -> tuple[int, int]:
-    """``"A:B"`` -> (A, B), MoE-layer indices, 0-indexed, inclusive; ValueError if malformed or out of range."""
-    try:
-        first, last = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise ValueError(f"window must be FIRST:LAST (MoE-layer indices), got {text!r}") from None
-    if not 0 <= first <= last < num_moe_layers:
-        raise ValueError(f"window {text!r} must satisfy 0 <= FIRST <= LAST < {num_moe_layers} (MoE layers)")
-    return first, last
-
-
 def write_table_csv(path: str | Path, table: Mapping[str, Mapping[str, Any]], moe_layers: Sequence[int]) -> None:
     """One row per (language, MoE layer), atomically; empty cells for None."""
-    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for language, row in table.items():
-            for layer, decoder_layer in enumerate(moe_layers):
-                values = [None if row[name] is None else row[name][layer]
-                          for name in ("divergence", "jsd", "entropy", "consistency")]
-                writer.writerow([language, layer, decoder_layer,
-                                 *("" if v is None else repr(v) for v in values),
-                                 row["passages"], row["tokens"]])
+    rows = []
+    for language, row in table.items():
+        for layer, decoder_layer in enumerate(moe_layers):
+            values = {name: "" if row[name] is None or row[name][layer] is None else repr(row[name][layer])
+                      for name in ("divergence", "jsd", "entropy", "consistency")}
+            rows.append({"language": language, "moe_layer": layer, "decoder_layer": decoder_layer, **values,
+                         "passages": row["passages"], "tokens": row["tokens"]})
+    write_csv(path, rows)
+
+
+def read_divergence_table(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-language divergence curves [moe_layers] from a routing table (``routing_table.json`` or
+    ``routing_table.csv`` of scripts/analyze_routing.py); the reference, which has none, is left out."""
+    path = Path(path)
+    if path.suffix == ".json":
+        table = json.loads(path.read_text())["per_language"]
+        return {lang: np.asarray(row["divergence"], float) for lang, row in table.items()
+                if row.get("divergence") is not None}
+    curves: dict[str, dict[int, float]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["divergence"]:
+                curves.setdefault(row["language"], {})[int(row["moe_layer"])] = float(row["divergence"])
+    return {lang: np.array([values[i] for i in sorted(values)]) for lang, values in curves.items()}

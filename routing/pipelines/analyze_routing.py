@@ -4,11 +4,11 @@
 missing data files, a path that is not a model, an empty selection, stored results computed under other
 settings); `execute` analyses the languages not already stored and writes, in ``out_dir``:
 
-- ``languages/{code}.npz``: per-passage summaries of each language (`routing.store.LanguageStore`), saved
-  atomically as each language completes, tagged with the settings they were computed under;
+- ``languages/{code}.npz``: per-passage summaries of each language (`routing.outputs.store.LanguageStore`),
+  saved atomically as each language completes, tagged with the settings they were computed under;
 - ``routing_table.csv`` and ``routing_table.json``: per-layer, per-language divergence from the reference,
   raw JSD, routing entropy, consistency (JSON also: activation rates, settings, window);
-- ``middle_window.json``: the window (`routing.report.window_record`; 0-indexed, inclusive);
+- ``middle_window.json``: the window (`routing.outputs.tables.window_record`; 0-indexed, inclusive);
 - ``divergence_by_layer.png`` and ``expert_usage.png``.
 
 The final files are removed when a run starts and written only once every language is done, the JSON table
@@ -18,44 +18,46 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 import moe
 from moe.atomic import check_output_folder
-from moe.config import ModelConfig
-from moe.convert import CONFIG_FILE
-from routing import figures, report
-from routing.analysis import CorpusRouting, analyze_corpus, select_middle_window, statistics_fn
-from routing.cache import content_key
-from routing.data import (PAPER_LANGUAGES, Flores200, TokenBatch, flores_languages, length_buckets, load_tokenizer,
-                          read_records, tokenize_records, validate_flores_languages)
-from routing.model_io import check_vocabulary, peek_config
-from routing.store import LanguageStore, StaleResultError, write_json
+from routing.analysis import select_middle_window, statistics_fn
+from routing.data.flores import load_passages
+from routing.data.languages import PAPER_LANGUAGES, REFERENCE, flores_languages, validate_flores_languages
+from routing.data.tokenize import TokenBatch
+from routing.outputs.figures import plot_divergence_curves, plot_expert_usage
+from routing.outputs.files import StaleResultError, write_json
+from routing.outputs.store import LanguageStore
+from routing.outputs.tables import routing_table, window_record, write_table_csv
+from routing.pipelines.models import (DTYPES, check_chat_template, check_dtype, load_tokenizer_for,
+                                      model_fingerprint)
+from routing.pipelines.passages import passage_batches, route_languages
+from routing.stats import CorpusRouting
+from routing.window import Window
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 FINAL_FILES = ("routing_table.json", "routing_table.csv", "middle_window.json", "divergence_by_layer.png",
                "expert_usage.png")
 
 
 @dataclasses.dataclass(frozen=True)
-class AnalysisConfig:
-    """What to analyse and how. `languages` None: the paper's languages present in `data_dir`; the reference
-    is always included. `tokenizer` None: the model folder's. `chat_template`: Jinja text replacing the
-    tokenizer's. `window` "A:B" overrides the selected window; `heatmap_layers` None: first, window centre, last.
+class RoutingConfig:
+    """One routing analysis of FLORES passages: what to analyse and how (correlate.py takes the same options,
+    so it can reuse stored results). `languages` None: the paper's languages present in `source_dir`; the
+    reference is always included. `tokenizer` None: the model folder's. `chat_template`: Jinja text replacing
+    the tokenizer's. `window` "A:B" overrides the selected window.
     """
 
     model: str
-    data_dir: Path
+    source_dir: Path
     out_dir: Path
     languages: Sequence[str] | None = None
-    reference: str = "eng_Latn"
+    reference: str = REFERENCE
     tokenizer: str | None = None
     chat: bool = True
     chat_template: str | None = None
@@ -69,10 +71,16 @@ class AnalysisConfig:
     window: str | None = None
     window_fraction: float = 0.25
     window_margin: int = 0
-    heatmap_layers: Sequence[int] | None = None
     tfds_dir: Path | None = None
     restart: bool = False
     progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig(RoutingConfig):
+    """A `RoutingConfig` and the MoE layers of its expert-usage heatmap (None: first, window centre, last)."""
+
+    heatmap_layers: Sequence[int] | None = None
 
 
 @dataclasses.dataclass
@@ -88,9 +96,9 @@ class PreparedAnalysis:
     store: LanguageStore
 
 
-def choose_languages(requested: Sequence[str] | None, reference: str, data_dir: Path) -> tuple[str, ...]:
+def choose_languages(requested: Sequence[str] | None, reference: str, source_dir: Path) -> tuple[str, ...]:
     """The reference first, then the requested (or present paper) languages; checks codes and data files."""
-    flores = data_dir / "flores200"
+    flores = source_dir / "flores200"
     validate_flores_languages([reference])
     if requested is None:
         present = set(flores_languages(flores)) if (flores / "devtest").is_dir() else set()
@@ -103,32 +111,9 @@ def choose_languages(requested: Sequence[str] | None, reference: str, data_dir: 
     needed = [flores / "metadata_devtest.tsv", *(flores / "devtest" / f"{code}.devtest" for code in chosen)]
     missing = [str(path) for path in needed if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"data folder {data_dir} lacks FLORES-200 files (expected a layout like "
+        raise FileNotFoundError(f"data folder {source_dir} lacks FLORES-200 files (expected a layout like "
                                 f"shared/data): {', '.join(missing)}")
     return chosen
-
-
-def model_fingerprint(folder: Path) -> str:
-    """A content key (`routing.cache.content_key`) of every file in the model folder, weights included, so
-    other weights never reuse stored results; hidden files and folders (download caches, locks) are left
-    out. FileNotFoundError if the folder holds no model."""
-    if not any((folder / name).is_file() for name in ("config.json", CONFIG_FILE)):
-        raise FileNotFoundError(f"{folder}: not a model folder (no config.json or {CONFIG_FILE})")
-    files = {str(path.relative_to(folder)): path for path in folder.rglob("*") if path.is_file()}
-    return content_key({name: path for name, path in files.items() if not any(
-        part.startswith(".") for part in Path(name).parts)})
-
-
-def load_passages(data_dir: Path | None, languages: Sequence[str], tfds_dir: Path | None,
-                  max_passages: int | None) -> dict[str, list[dict[str, Any]]]:
-    """FLORES passages per language (the first `max_passages` by passage id), prepared through TFDS from
-    `data_dir` (a folder like shared/data; None: downloaded from the FLORES source)."""
-    builder = Flores200(languages=languages, source_dir=data_dir, data_dir=tfds_dir)
-    builder.download_and_prepare()
-    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in languages}
-    for record in read_records(builder, "devtest"):
-        passages[record["language"]].append(record)
-    return {code: sorted(rows, key=lambda r: r["passage_id"])[:max_passages] for code, rows in passages.items()}
 
 
 def inputs_digest(batches: Sequence[TokenBatch]) -> str:
@@ -139,27 +124,13 @@ def inputs_digest(batches: Sequence[TokenBatch]) -> str:
     return digest.hexdigest()
 
 
-def tokenize_passages(config: AnalysisConfig, folder: Path, model_config: ModelConfig,
-                      passages: dict[str, list[dict[str, Any]]]) -> dict[str, list[TokenBatch]]:
-    """Bucketed token batches per language with the chosen tokenizer (checked against the model's vocabulary)
-    and chat/plain mode."""
-    source = Path(config.tokenizer) if config.tokenizer else folder
-    if source.is_dir() and not any((source / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}; pass --tokenizer")
-    tokenizer = load_tokenizer(source)
-    check_vocabulary(tokenizer, model_config, source)
-    if config.chat and config.chat_template is None and not tokenizer.chat_template:
-        raise ValueError(f"the tokenizer from {source} has no chat template: pass --chat-template FILE or --plain")
-    buckets = length_buckets(config.max_length, min(32, config.max_length))
-    batches = {}
-    for code, records in passages.items():
-        try:
-            batches[code] = tokenize_records(tokenizer, records, chat=config.chat, batch_size=config.batch_size,
-                                             buckets=buckets, key=("passage_id",), truncation=config.truncation,
-                                             chat_template=config.chat_template)
-        except ValueError as err:
-            raise ValueError(f"{code}: {err} (see --max-length and --truncate)") from err
-    return batches
+def choose_window(curves: Mapping[str, np.ndarray], window: str | None, fraction: float, margin: int
+                  ) -> Window:
+    """The window ``"A:B"`` if given (checked against the curves' length), else the valley of the mean
+    curve (``routing.analysis.select_middle_window`` with ``fraction`` and ``margin``)."""
+    if window is None:
+        return select_middle_window(dict(curves), fraction, margin)
+    return Window.parse(window).check(len(next(iter(curves.values()))))
 
 
 def prepare(config: AnalysisConfig) -> PreparedAnalysis:
@@ -172,23 +143,26 @@ def prepare(config: AnalysisConfig) -> PreparedAnalysis:
     if not 0 <= config.window_fraction <= 1 or config.window_margin < 0:
         raise ValueError(f"window fraction must be in [0, 1] and margin >= 0, got {config.window_fraction}, "
                          f"{config.window_margin}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-    languages = choose_languages(config.languages, config.reference, Path(config.data_dir))
+    check_dtype(config.dtype)
+    languages = choose_languages(config.languages, config.reference, Path(config.source_dir))
     check_output_folder(config.out_dir, may_exist=True)
-    folder, model_config = peek_config(config.model)
+    folder, model_config = moe.load_config(config.model)
     num_layers = model_config.num_moe_layers
     if config.window is not None:
-        report.parse_window(config.window, num_layers)
+        Window.parse(config.window).check(num_layers)
     bad_layers = [layer for layer in config.heatmap_layers or () if not 0 <= layer < num_layers]
     if bad_layers:
         raise ValueError(f"heatmap layers {bad_layers} are not MoE-layer indices in [0, {num_layers})")
     fingerprint = model_fingerprint(folder)
-    passages = load_passages(Path(config.data_dir), languages, config.tfds_dir, config.max_passages)
+    passages = load_passages(Path(config.source_dir), languages, config.tfds_dir, config.max_passages)
     empty = [code for code, rows in passages.items() if not rows]
     if empty:
         raise ValueError(f"empty selection: no passages for {', '.join(empty)}")
-    batches = tokenize_passages(config, folder, model_config, passages)
+    tokenizer = load_tokenizer_for(folder, config.tokenizer, model_config)
+    check_chat_template(tokenizer, config.chat, config.chat_template)
+    batches = passage_batches(tokenizer, passages, chat=config.chat, chat_template=config.chat_template,
+                              batch_size=config.batch_size, max_length=config.max_length,
+                              truncation=config.truncation)
     common = {"model": str(folder.resolve()), "model_fingerprint": fingerprint, "dtype": config.dtype,
               "tokenizer": str(Path(config.tokenizer).resolve()) if config.tokenizer else None,
               "chat": config.chat, "max_passages": config.max_passages, "max_length": config.max_length,
@@ -212,24 +186,13 @@ def prepare(config: AnalysisConfig) -> PreparedAnalysis:
 
 def analyze_languages(prepared: PreparedAnalysis) -> dict[str, CorpusRouting]:
     """Each language's summaries: loaded when stored under the same settings, else computed and stored."""
-    config, store = prepared.config, prepared.store
-    counts = {code: sum(k is not None for b in rows for k in b.keys) for code, rows in prepared.batches.items()}
-    stats_fn = statistics_fn(prepared.model, num_pairs=config.num_pairs)
-    corpora = {}
-    with tqdm(total=sum(counts.values()), unit="passage", disable=not config.progress) as bar:
-        for code in prepared.languages:
-            bar.set_description(code)
-            if store.check(code, prepared.settings[code]):
-                corpora[code] = store.load(code)
-                bar.update(counts[code])
-                bar.write(f"{code}: reused {store.path(code)}")
-                continue
-            corpus = analyze_corpus(prepared.model, prepared.params, prepared.batches[code], seed=config.seed,
-                                    num_pairs=config.num_pairs, progress=bar.update, stats_fn=stats_fn)
-            store.save(code, corpus, prepared.settings[code])
-            corpora[code] = corpus
-            bar.write(f"{code}: computed {counts[code]} passages -> {store.path(code)}")
-    return corpora
+    config = prepared.config
+    total = sum(key is not None for rows in prepared.batches.values() for batch in rows for key in batch.keys)
+    with tqdm(total=total, unit="passage", disable=not config.progress) as bar:
+        return route_languages(prepared.model, prepared.params, prepared.batches, seed=config.seed,
+                               stats_fn=statistics_fn(prepared.model, num_pairs=config.num_pairs),
+                               progress=bar.update, store=prepared.store, settings=prepared.settings,
+                               log=bar.write)
 
 
 def execute(prepared: PreparedAnalysis) -> dict[str, Path]:
@@ -245,26 +208,24 @@ def execute(prepared: PreparedAnalysis) -> dict[str, Path]:
 
     moe_layers = list(prepared.model.config.moe_layers)
     reference = prepared.languages[0]
-    table = report.routing_table(corpora, reference)
+    table = routing_table(corpora, reference)
     curves = {code: np.asarray(row["divergence"], float) for code, row in table.items() if code != reference}
     raw = {code: np.asarray(row["jsd"], float) for code, row in table.items() if code != reference}
     rule = {"fraction": config.window_fraction, "margin": config.window_margin,
             "description": "valley of the mean normalised divergence curve (routing.analysis.select_middle_window)"}
-    if config.window is None:
-        window = select_middle_window(curves, config.window_fraction, config.window_margin)
-    else:
-        window = report.parse_window(config.window, len(moe_layers))
+    window = choose_window(curves, config.window, config.window_fraction, config.window_margin)
     mean_curve = np.mean(np.stack(list(curves.values())), axis=0)
-    window_info = report.window_record(window, moe_layers, selected=config.window is None, rule=rule,
-                                       mean_curve=mean_curve)
-    heatmap_layers = sorted(set(config.heatmap_layers or (0, (window[0] + window[1]) // 2, len(moe_layers) - 1)))
+    window_info = window_record(window, moe_layers, selected=config.window is None, rule=rule,
+                                mean_curve=mean_curve)
+    centre = (window.first + window.last) // 2
+    heatmap_layers = sorted(set(config.heatmap_layers or (0, centre, len(moe_layers) - 1)))
 
-    report.write_table_csv(paths["routing_table.csv"], table, moe_layers)
+    write_table_csv(paths["routing_table.csv"], table, moe_layers)
     write_json(paths["middle_window.json"], window_info)
-    figures.plot_divergence_curves({"normalised divergence": curves, "raw JSD": raw}, window,
-                                   paths["divergence_by_layer.png"], reference=reference)
-    figures.plot_expert_usage({code: corpus.activation_rate for code, corpus in corpora.items()}, heatmap_layers,
-                              paths["expert_usage.png"], decoder_layers=moe_layers)
+    plot_divergence_curves({"normalised divergence": curves, "raw JSD": raw}, window,
+                           paths["divergence_by_layer.png"], reference=reference)
+    plot_expert_usage({code: corpus.activation_rate for code, corpus in corpora.items()}, heatmap_layers,
+                      paths["expert_usage.png"], decoder_layers=moe_layers)
     common = {key: value for key, value in prepared.settings[reference].items() if key != "inputs_sha1"}
     write_json(paths["routing_table.json"], {
         "reference": reference, "languages": list(prepared.languages), "moe_layers": moe_layers,

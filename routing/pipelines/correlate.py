@@ -20,7 +20,6 @@ Outputs in ``out_dir``: ``correlation.json`` (statistics, settings, per-language
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -29,58 +28,40 @@ from typing import Any
 
 import numpy as np
 
-from routing import pipeline
-from routing.analysis import divergence_curves, select_middle_window
-from routing.correlation import correlate, middle_divergence
-from routing.data import belebele_languages
-from routing.eval_figures import plot_correlation
-from routing.evaluation import ItemResult, accuracy_table
-from routing.model_io import LoadedModel, load_tokenizer_for, peek_config
-from routing.report import parse_window
-from routing.store import StaleResultError, atomic_path, settings_difference, write_json
-from routing.tasks import EvalSettings, TaskData, flores_language, load_task, run_task
+import moe
+from routing.analysis import divergence_curves
+from routing.data.belebele import belebele_languages
+from routing.data.languages import flores_language
+from routing.eval.results import ItemResult, accuracy_table
+from routing.eval.tasks import EvalSettings, TaskData, load_task, run_task
+from routing.outputs.figures import plot_correlation
+from routing.outputs.files import write_csv, write_json
+from routing.outputs.store import ItemStore
+from routing.pipelines import analyze_routing
+from routing.pipelines.models import LoadedModel, load_tokenizer_for, model_fingerprint
+from routing.scoring import correlate
 
 MEASURE = "entropy-normalised JSD of expert distributions from {reference}, mean over MoE layers {first}-{last}"
 
 
 @dataclasses.dataclass(frozen=True)
-class CorrelateConfig:
-    """One correlation study. ``languages`` None: every language with a BELEBELE file in ``data_dir``;
-    the reference is always analysed and scored, but left out of the correlation. The routing options
-    (``chat`` ... ``seed``) are analyze_routing's, with its defaults, so its stored results can be reused.
-    ``eval`` decides how BELEBELE is scored (its ``chat``/``chat_template`` are replaced by this config's).
+class CorrelateConfig(analyze_routing.RoutingConfig):
+    """One correlation study: analyze_routing's options, with its defaults, so its stored results (in
+    ``routing_dir``, default ``out_dir``) can be reused, except that ``languages`` None means every language
+    with a BELEBELE file in ``source_dir``. The reference is always analysed and scored, but left out of the
+    correlation. ``eval`` decides how BELEBELE is scored (its ``chat``/``chat_template`` are replaced by this
+    config's); ``n_boot`` bootstrap resamples.
     """
 
-    model: str
-    data_dir: Path
-    out_dir: Path
-    languages: Sequence[str] | None = None
-    reference: str = "eng_Latn"
     routing_dir: Path | None = None
-    window: str | None = None
-    window_fraction: float = 0.25
-    window_margin: int = 0
-    tokenizer: str | None = None
-    chat: bool = True
-    chat_template: str | None = None
-    max_passages: int | None = None
-    batch_size: int = 8
-    max_length: int = 4096
-    truncation: str = "error"
-    num_pairs: int = 64
-    seed: int = 0
-    dtype: str = "float32"
     eval: EvalSettings = EvalSettings()
     n_boot: int = 10_000
-    tfds_dir: Path | None = None
-    restart: bool = False
-    progress: bool = True
 
 
 @dataclasses.dataclass
 class PreparedCorrelation:
     config: CorrelateConfig
-    analysis: pipeline.PreparedAnalysis
+    analysis: analyze_routing.PreparedAnalysis
     belebele_codes: dict[str, str]  # FLORES code -> BELEBELE file code
     tasks: dict[str, TaskData]  # BELEBELE items per language
     eval_settings: EvalSettings
@@ -88,44 +69,19 @@ class PreparedCorrelation:
     loaded: LoadedModel
 
 
-def choose_languages(requested: Sequence[str] | None, reference: str, data_dir: Path) -> dict[str, str]:
+def choose_languages(requested: Sequence[str] | None, reference: str, source_dir: Path) -> dict[str, str]:
     """(FLORES code -> BELEBELE code) of the reference and the chosen languages, the reference first."""
-    available = belebele_languages(data_dir)
+    available = belebele_languages(source_dir)
     codes = [flores_language(code) for code in (requested if requested is not None else available)]
     chosen = list(dict.fromkeys([reference, *codes]))
     missing = [code for code in chosen if code not in available]
     if missing:
-        raise ValueError(f"no BELEBELE data for {missing} in {data_dir / 'belebele'}; available: "
+        raise ValueError(f"no BELEBELE data for {missing} in {source_dir / 'belebele'}; available: "
                          f"{', '.join(f'{c} ({s})' for c, s in available.items())}")
     if len(chosen) < 4:
         raise ValueError(f"a correlation needs >= 3 languages besides the reference {reference}, got "
                          f"{chosen[1:]}")
     return {code: available[code] for code in chosen}
-
-
-class BelebeleStore:
-    """Per-language BELEBELE items (``{folder}/{code}.json``), each tagged with the settings they were scored under."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def path(self, language: str) -> Path:
-        return self.folder / f"{language}.json"
-
-    def load(self, language: str, settings: dict[str, Any]) -> list[ItemResult] | None:
-        """The stored items of ``language``, None if not stored; StaleResultError if scored under other settings."""
-        if not self.path(language).is_file():
-            return None
-        stored = json.loads(self.path(language).read_text())
-        changed = settings_difference(stored["settings"], settings)
-        if changed:
-            raise StaleResultError(f"{self.path(language)} was scored with other settings (" + "; ".join(changed)
-                                   + "); pass --restart or choose another --out")
-        return [ItemResult(**item) for item in stored["items"]]
-
-    def save(self, language: str, items: list[ItemResult], settings: dict[str, Any]) -> None:
-        write_json(self.path(language), {"settings": settings, "items": [dataclasses.asdict(i) for i in items]},
-                   indent=None)
 
 
 def _jsonable(settings: EvalSettings) -> dict[str, Any]:
@@ -137,34 +93,30 @@ def prepare(config: CorrelateConfig) -> PreparedCorrelation:
     if config.n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {config.n_boot}")
     reference = flores_language(config.reference)
-    codes = choose_languages(config.languages, reference, Path(config.data_dir))
-    folder, model_config = peek_config(config.model)
+    codes = choose_languages(config.languages, reference, Path(config.source_dir))
+    folder, model_config = moe.load_config(config.model)
     settings = dataclasses.replace(config.eval, chat=config.chat, chat_template=config.chat_template)
-    belebele_settings = {"model": str(folder.resolve()), "model_fingerprint": pipeline.model_fingerprint(folder),
+    belebele_settings = {"model": str(folder.resolve()), "model_fingerprint": model_fingerprint(folder),
                          "dtype": config.dtype, "eval": _jsonable(settings),
                          "tokenizer": str(Path(config.tokenizer).resolve()) if config.tokenizer else None}
     if not config.restart:
-        store = BelebeleStore(Path(config.out_dir) / "belebele")
+        store = ItemStore(Path(config.out_dir) / "belebele")
         for code in codes:
             store.load(code, belebele_settings)  # StaleResultError before any work
     tokenizer = load_tokenizer_for(folder, config.tokenizer, model_config)
-    tasks = {code: load_task("belebele", [code], settings, source_dir=config.data_dir, data_dir=config.tfds_dir)
+    tasks = {code: load_task("belebele", [code], settings, source_dir=config.source_dir, tfds_dir=config.tfds_dir)
              for code in codes}
-    analysis = pipeline.prepare(pipeline.AnalysisConfig(
-        model=config.model, data_dir=Path(config.data_dir), out_dir=Path(config.routing_dir or config.out_dir),
-        languages=list(codes), reference=reference, tokenizer=config.tokenizer, chat=config.chat,
-        chat_template=config.chat_template, max_passages=config.max_passages, batch_size=config.batch_size,
-        max_length=config.max_length, truncation=config.truncation, num_pairs=config.num_pairs, seed=config.seed,
-        dtype=config.dtype, window=config.window, window_fraction=config.window_fraction,
-        window_margin=config.window_margin,
-        tfds_dir=config.tfds_dir, restart=config.restart, progress=config.progress))
+    routing = {field.name: getattr(config, field.name) for field in dataclasses.fields(analyze_routing.RoutingConfig)}
+    analysis = analyze_routing.prepare(analyze_routing.AnalysisConfig(**{
+        **routing, "source_dir": Path(config.source_dir), "out_dir": Path(config.routing_dir or config.out_dir),
+        "languages": list(codes), "reference": reference}))
     loaded = LoadedModel(folder, analysis.model, analysis.params, tokenizer, eos_ids=set())
     return PreparedCorrelation(config, analysis, codes, tasks, settings, belebele_settings, loaded)
 
 
 def _belebele(prepared: PreparedCorrelation) -> dict[str, list[ItemResult]]:
     """Each language's BELEBELE items: stored ones reused, the others scored and stored."""
-    store = BelebeleStore(Path(prepared.config.out_dir) / "belebele")
+    store = ItemStore(Path(prepared.config.out_dir) / "belebele")
     results = {}
     for code, data in prepared.tasks.items():
         items = None if prepared.config.restart else store.load(code, prepared.belebele_settings)
@@ -176,13 +128,6 @@ def _belebele(prepared: PreparedCorrelation) -> dict[str, list[ItemResult]]:
     return results
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_path(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
     """Analyse routing and score BELEBELE (or reuse stored results), correlate, write every output; returns the
     correlation record (as written to correlation.json)."""
@@ -192,19 +137,16 @@ def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
     if config.restart:
         for code in analysis.languages:
             analysis.store.remove(code)
-    corpora = pipeline.analyze_languages(analysis)
+    corpora = analyze_routing.analyze_languages(analysis)
     curves = divergence_curves(corpora, reference)
     moe_layers = list(analysis.model.config.moe_layers)
-    if config.window is None:
-        window = select_middle_window(curves, config.window_fraction, config.window_margin)
-    else:
-        window = parse_window(config.window, len(moe_layers))
-    middle = middle_divergence(curves, window)
+    window = analyze_routing.choose_window(curves, config.window, config.window_fraction, config.window_margin)
+    middle = {code: window.mean(np.asarray(curve, float)) for code, curve in curves.items()}
     items = _belebele(prepared)
     accuracy = {row["language"]: row for row in accuracy_table([i for rows in items.values() for i in rows])}
     stats = correlate(middle, {code: accuracy[code]["accuracy"] for code in middle}, n_boot=config.n_boot,
                       seed=config.seed)
-    measure = MEASURE.format(reference=reference, first=window[0], last=window[1])
+    measure = MEASURE.format(reference=reference, first=window.first, last=window.last)
     model_name = Path(analysis.settings[reference]["model"]).name
     rows = [{"language": code, "belebele_code": prepared.belebele_codes[code],
              "middle_divergence": middle.get(code), "belebele_accuracy": accuracy[code]["accuracy"],
@@ -215,7 +157,7 @@ def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
         **stats, "measure": measure, "accuracy_measure": "BELEBELE accuracy (log-likelihood of the options, "
                                                           "baseline model, no steering)",
         "model": analysis.settings[reference]["model"], "reference": reference,
-        "window": {"moe_layers": list(window), "decoder_layers": [moe_layers[window[0]], moe_layers[window[1]]],
+        "window": {"moe_layers": list(window), "decoder_layers": [moe_layers[window.first], moe_layers[window.last]],
                    "source": "override" if config.window else "selected",
                    "indexing": "0-indexed, inclusive"},
         "per_language": rows, "routing_settings": {k: v for k, v in analysis.settings[reference].items()
@@ -223,12 +165,12 @@ def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
         "routing_dir": str(Path(config.routing_dir or config.out_dir)),
         "belebele_settings": prepared.belebele_settings, "n_boot": config.n_boot, "seed": config.seed,
     }
-    _write_csv(out / "correlation.csv", rows)
-    _write_csv(out / "divergence_by_layer.csv",
+    write_csv(out / "correlation.csv", rows)
+    write_csv(out / "divergence_by_layer.csv",
                [{"language": code, "moe_layer": layer, "decoder_layer": moe_layers[layer], "divergence": float(v)}
                 for code, curve in curves.items() for layer, v in enumerate(np.asarray(curve))])
     plot_correlation(stats["divergence"], stats["accuracy"], stats, out / "correlation.png",
-                     xlabel=f"mean routing divergence from {reference}, MoE layers {window[0]}-{window[1]}\n"
+                     xlabel=f"mean routing divergence from {reference}, MoE layers {window.first}-{window.last}\n"
                             "(entropy-normalised JSD)",
                      ylabel="BELEBELE accuracy", title=f"{model_name}: routing divergence vs BELEBELE")
     write_json(out / "correlation.json", record)

@@ -18,15 +18,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from moe import load_config
 from moe.atomic import check_output_folder
-from routing.evaluation import ALL
-from routing.expert_search import REFERENCE, ExpertSettings, run_expert_search
-from routing.model_io import DTYPES, load_model, load_tokenizer_for, peek_config
-from routing.report import parse_window
-from routing.steer_pipeline import SteerEvalConfig, execute, prepare
-from routing.steering_eval import CONTROLS, SteerSettings
-from routing.store import write_json
-from routing.tasks import EvalSettings, check_task, flores_language
+from routing import steering
+from routing.data.languages import REFERENCE, flores_language
+from routing.eval.results import ALL
+from routing.eval.tasks import EvalSettings, get_task
+from routing.outputs.files import write_json
+from routing.pipelines.experts_file import ExpertSettings
+from routing.pipelines.find_experts import check_settings, run_expert_search
+from routing.pipelines.models import DTYPES, load_model, load_tokenizer_for
+from routing.pipelines.steer_eval import CONTROLS, SteerEvalConfig, SteerSettings, execute, prepare
+from routing.window import Window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Recipe:
     window: str
     languages: tuple[str, ...]
     lam: float | None = None  # soft mode only (None: the default strength)
-    eps: float = 0.01
+    eps: float = steering.DEFAULT_EPS
     eps_std: float = 0.0
     controls: tuple[str, ...] = CONTROLS
     chat: bool = True
@@ -53,7 +56,7 @@ class Recipe:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        check_task(self.task)
+        get_task(self.task)
         if set(self.expert_selection) not in ({"tau"}, {"top_n"}):
             raise ValueError(f"{self.name}: expert_selection must be {{'tau': x}} or {{'top_n': n}}, "
                              f"got {dict(self.expert_selection)}")
@@ -62,7 +65,7 @@ class Recipe:
             raise ValueError(f"{self.name}: unknown controls {unknown}; choose from {CONTROLS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{self.name}: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        SteerSettings(window=(0, 0), mode=self.mode, lam=self.lam)  # validates mode and lam
+        SteerSettings(window=Window(0, 0), mode=self.mode, lam=self.lam)  # validates mode and lam
         EvalSettings(chat=self.chat, **self.eval)  # validates the evaluation settings
         for code in self.languages:
             flores_language(code)
@@ -88,20 +91,20 @@ def _pooled(table: list[dict[str, Any]]) -> dict[str, float]:
                                       "difference_ci_high", "mcnemar_p")}
 
 
-def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | None,
+def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | None = None,
               tfds_dir: str | Path | None = None, eval_overrides: Mapping[str, Any] | None = None,
               search_overrides: Mapping[str, Any] | None = None,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Find experts, then baseline, steered and every control; returns (and writes) the summary."""
     out = check_output_folder(out_dir, may_exist=True)
-    folder, config = peek_config(recipe.model)
-    window = parse_window(recipe.window, config.num_moe_layers)
+    folder, config = load_config(recipe.model)
+    window = Window.parse(recipe.window).check(config.num_moe_layers)
     languages = tuple(dict.fromkeys(flores_language(code) for code in recipe.languages))
     search = ExpertSettings(task=recipe.task, window=window, chat=recipe.chat,
                             languages=tuple(lang for lang in languages if lang != REFERENCE)
                             if "language-experts" in recipe.controls else (),
                             **recipe.expert_selection, **{**recipe.expert_search, **(search_overrides or {})})
-    search.check(config)
+    check_settings(search, config)
     evaluation = EvalSettings(chat=recipe.chat, **{**recipe.eval, **(eval_overrides or {})})
     steered = SteerEvalConfig(model=str(folder), task=recipe.task, experts=out / "experts" / "experts.json",
                               out_dir=out / "steered", languages=languages, mode=recipe.mode, lam=recipe.lam,
@@ -112,7 +115,7 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
     progress(f"[{recipe.name}] loading {recipe.model}")
     loaded = load_model(folder, load_tokenizer_for(folder, None, config), recipe.dtype)
     progress(f"[{recipe.name}] finding {recipe.task} experts")
-    sets, _ = run_expert_search(str(folder), search, out / "experts", source_dir=source_dir, data_dir=tfds_dir,
+    sets, _ = run_expert_search(str(folder), search, out / "experts", source_dir=source_dir, tfds_dir=tfds_dir,
                                 loaded=loaded)
     progress(f"[{recipe.name}] {len(sets.task_experts)} task experts; baseline and steered runs")
     main = execute(prepare(steered, loaded))

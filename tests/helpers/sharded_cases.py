@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hf_reference import tiny_model
 from jax.sharding import PartitionSpec as P
 
 import moe
@@ -18,6 +17,7 @@ from moe.model import MoeTransformer, clamped_swiglu
 from moe.sharding import make_mesh, param_shardings, shard_batch, shard_params
 from routing.stats import sequence_statistics
 from routing.steering import soft
+from tests.helpers.hf_reference import tiny_model
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 TOL = 1e-5

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "moe"))
-from hf_reference import tiny_model  # noqa: E402
+from tests.helpers.hf_reference import tiny_model
 
 SIZES = dict(vocab_size=50304, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
              num_key_value_heads=2)  # 4 MoE layers x 8 experts, top-2

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from routing.synthetic.grammar import Sentence, sample_sentence
-from routing.synthetic.languages import Language, make_languages
-from routing.synthetic.task import ANSWER_MARKER, Problem, render_question, sample_problem
+from routing.organism.synthetic.grammar import Sentence, sample_sentence
+from routing.organism.synthetic.languages import Language, make_languages
+from routing.organism.synthetic.task import ANSWER_MARKER, Problem, render_question, sample_problem
 
 T = TypeVar("T")
 

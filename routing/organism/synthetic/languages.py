@@ -20,7 +20,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from routing.synthetic.grammar import BASE_FORMS, Clause, HowMany, Meaning, NounPhrase, Place
+from routing.organism.synthetic.grammar import BASE_FORMS, Clause, HowMany, Meaning, NounPhrase, Place
 
 LANGUAGE_CODES = ("base", "relex", "verbfinal", "shared", "lowres")
 Morpheme = tuple[str, str]  # (lexeme key, feature)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from routing.synthetic.grammar import (ENTITIES, MAX_NUMBER, NOUNS, Clause, HowMany, Meaning, NounPhrase,
-                                       Sentence)
-from routing.synthetic.languages import Language
+from routing.organism.synthetic.grammar import (ENTITIES, MAX_NUMBER, NOUNS, Clause, HowMany, Meaning, NounPhrase,
+                                                Sentence)
+from routing.organism.synthetic.languages import Language
 
 ANSWER_MARKER = "<answer>"
 GAIN_VERBS = ("buy", "find", "make")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.synthetic.languages import Language, language_tag
-from routing.synthetic.task import ANSWER_MARKER, answer_tokens
+from routing.organism.synthetic.languages import Language, language_tag
+from routing.organism.synthetic.task import ANSWER_MARKER, answer_tokens
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK, ANSWER_MARKER)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_olmoe import tfds_dir, write_tiny_olmoe
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -13,9 +12,10 @@ import moe
 from moe.generate import generate
 from routing import steering
 from routing.data import ChatVariables, Mgsm, load_tokenizer, read_records
-from routing.mgsm import (MgsmFormat, encode_prompts, evaluate_mgsm, format_number, gsm8k_exemplars, mgsm_prompt,
-                          resolve_answer_format, score_output, split_mgsm_exemplars)
-from routing.tasks import EvalSettings
+from routing.eval.mgsm import (MgsmFormat, encode_prompts, evaluate_mgsm, format_number, gsm8k_exemplars,
+                               mgsm_prompt, resolve_answer_format, score_output, split_mgsm_exemplars)
+from routing.eval.tasks import EvalSettings
+from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
 SHOTS = [{"question": "1 + 1?", "answer_number": 2.0}, {"question": " Half of 5? ", "answer_number": 2.5}]
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"

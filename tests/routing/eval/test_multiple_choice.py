@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 import torch
-from tiny_olmoe import tfds_dir, write_tiny_olmoe
 
 import moe
 from routing import steering
 from routing.data import Belebele, MedicalMcq, load_tokenizer, read_records
-from routing.evaluation import accuracy_table
-from routing.multiple_choice import McFormat, encode_items, evaluate_multiple_choice, mc_prompt, score_options
+from routing.eval.results import accuracy_table
+from routing.eval.multiple_choice import McFormat, encode_items, evaluate_multiple_choice, mc_prompt, score_options
+from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
 BUCKETS = (256,)
 RECORD = {"id": 7, "language": "eng_Latn", "question": " Why? ", "choices": ["a", " b ", "c", "d"], "label": 1}

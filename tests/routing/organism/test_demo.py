@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routing import demo
-from routing.demo import QUICK, u_shape
-from routing.organism import build_data, load_or_train, pack_rows, training_rows
+from routing.organism import demo
+from routing.organism.demo import QUICK, u_shape
+from routing.organism.model import build_data, load_or_train, pack_rows, training_rows
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 OUTPUTS = ("settings.json", "training.json", "routing_table.json", "divergence.csv", "divergence.png", "window.json",
            "experts.json", "steering.json", "steering.csv", "finetune.json", "finetune.csv",
            "finetune_divergence.png", "summary.json", "summary.md")

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.synthetic import (ANSWER_MARKER, CorpusSizes, Tokenizer, build_corpus, build_tokenizer,
-                               make_languages, parse_answer)
-from routing.synthetic.grammar import BASE_FORMS, NUMERALS, HowMany, sample_sentence
-from routing.synthetic.task import sample_problem
+from routing.organism.synthetic import (ANSWER_MARKER, CorpusSizes, Tokenizer, build_corpus, build_tokenizer,
+                                        make_languages, parse_answer)
+from routing.organism.synthetic.grammar import BASE_FORMS, NUMERALS, HowMany, sample_sentence
+from routing.organism.synthetic.task import sample_problem
 
 SMALL = CorpusSizes(parallel_train={"base": 60, "relex": 60, "verbfinal": 60, "shared": 60, "lowres": 7},
                     parallel_test=20, task_train={"base": 40, "relex": 3, "shared": 2}, task_test=15)
@@ -64,7 +64,8 @@ def test_determinism():
 
 def test_corpus_does_not_depend_on_string_hashing():
     """Set iteration order varies with PYTHONHASHSEED; the corpus and vocabulary must not."""
-    script = ("from routing.synthetic import *; c = build_corpus(2, CorpusSizes(parallel_test=5, task_test=5)); "
+    script = ("from routing.organism.synthetic import *; "
+              "c = build_corpus(2, CorpusSizes(parallel_test=5, task_test=5)); "
               "print(build_tokenizer(c.languages).tokens, [e.text for e in c.task_test['shared']])")
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("0", "1")}

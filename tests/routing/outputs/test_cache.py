@@ -2,7 +2,7 @@
 import hashlib
 import os
 
-from routing.cache import content_key, file_digest
+from routing.outputs.cache import content_key, file_digest
 
 
 def test_digest_is_sha256_of_the_bytes_and_cached_by_file_identity(tmp_path):

@@ -12,17 +12,17 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "moe"))
-from hf_reference import tiny_model  # noqa: E402
+import moe
+import routing.pipelines.passages
+from routing.analysis import select_middle_window, statistics_fn
+from routing.data.tokenize import load_tokenizer
+from routing.outputs.store import LanguageStore
+from routing.pipelines.models import model_fingerprint
+from tests.helpers.hf_reference import tiny_model
 
-import moe  # noqa: E402
-import routing.pipeline  # noqa: E402
-from routing.analysis import select_middle_window, statistics_fn  # noqa: E402
-from routing.data import load_tokenizer  # noqa: E402
-from routing.store import LanguageStore  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "analyze_routing.py"
 LANGS = ["eng_Latn", "fra_Latn", "arb_Arab", "hin_Deva", "zho_Hans"]
 PASSAGES, MAX_LENGTH, TOP_K, PAIRS = 6, 128, 2, 2048
@@ -37,10 +37,11 @@ spec.loader.exec_module(script)
 
 
 class CountingAnalysis:
-    """Stands in for routing.pipeline.analyze_corpus: counts calls, raises KeyboardInterrupt on call `stop`."""
+    """Stands in for routing.pipelines.passages.analyze_corpus: counts calls, raises KeyboardInterrupt on call
+    `stop`."""
 
     def __init__(self, stop: int | None = None):
-        self.calls, self.stop, self.real = 0, stop, routing.pipeline.analyze_corpus
+        self.calls, self.stop, self.real = 0, stop, routing.pipelines.passages.analyze_corpus
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -53,7 +54,7 @@ def run_main(argv: list[str], stop: int | None = None) -> tuple[int, int]:
     """(exit code, number of languages analysed) of an in-process run."""
     spy = CountingAnalysis(stop)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(routing.pipeline, "analyze_corpus", spy)
+        patch.setattr(routing.pipelines.passages, "analyze_corpus", spy)
         try:
             return script.main(argv), spy.calls
         except SystemExit as exit:
@@ -322,13 +323,13 @@ def test_model_fingerprint_follows_file_contents_not_hidden_caches(tmp_path: Pat
     monkeypatch.setenv("MOE_ROUTING_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    transformers.OlmoeConfig().save_pretrained(folder)
     (folder / "model.safetensors").write_bytes(b"weights-1")
-    key = routing.pipeline.model_fingerprint(folder)
+    key = model_fingerprint(folder)
     (folder / ".cache" / "huggingface").mkdir(parents=True)
     (folder / ".cache" / "huggingface" / "model.safetensors.lock").write_text("download bookkeeping")
-    assert routing.pipeline.model_fingerprint(folder) == key
+    assert model_fingerprint(folder) == key
     (folder / "model.safetensors").write_bytes(b"weights-2")  # same size, other weights
-    assert routing.pipeline.model_fingerprint(folder) != key
+    assert model_fingerprint(folder) != key
     with pytest.raises(FileNotFoundError, match="not a model folder"):
-        routing.pipeline.model_fingerprint(tmp_path / "cache")
+        model_fingerprint(tmp_path / "cache")

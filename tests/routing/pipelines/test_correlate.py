@@ -10,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-import routing.correlate_pipeline
-import routing.pipeline
-from routing.model_io import load_model, load_tokenizer_for, peek_config
-from routing.tasks import EvalSettings, load_task, run_task
+import moe
+import routing.pipelines.analyze_routing
+import routing.pipelines.correlate
+import routing.pipelines.passages
+from routing.eval.tasks import EvalSettings, load_task, run_task
+from routing.pipelines.models import load_model, load_tokenizer_for
+from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 LANGS = "en,id,vi,ms,th"
 ROUTING = ["--plain", "--max-passages", "2", "--max-length", "256", "--truncate", "keep_end", "--batch-size", "4"]
 
@@ -56,11 +58,11 @@ def run(env, out, *extra):
     folder, data, root = env
     args = ["--model", str(folder), "--langs", LANGS, "--out", str(out), "--routing-dir", str(root / "routing"),
             "--window", "1:2", "--limit", "3", "--n-boot", "300", "--no-progress", *data, *ROUTING, *extra]
-    analyses = Counter(routing.pipeline.analyze_corpus)
-    scorings = Counter(routing.correlate_pipeline.run_task)
+    analyses = Counter(routing.pipelines.passages.analyze_corpus)
+    scorings = Counter(routing.pipelines.correlate.run_task)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(routing.pipeline, "analyze_corpus", analyses)
-        monkeypatch.setattr(routing.correlate_pipeline, "run_task", scorings)
+        monkeypatch.setattr(routing.pipelines.passages, "analyze_corpus", analyses)
+        monkeypatch.setattr(routing.pipelines.correlate, "run_task", scorings)
         code = script("correlate")(args)
     return code, analyses.calls, scorings.calls
 
@@ -77,9 +79,9 @@ def test_correlate_end_to_end(env, shared_data, capsys):
     for lang in record["languages"]:  # the divergence analyze_routing reported, averaged over the window
         assert record["divergence"][lang] == pytest.approx(np.mean(table[lang]["divergence"][1:3]), rel=1e-6)
 
-    loaded = load_model(folder, load_tokenizer_for(folder, None, peek_config(folder)[1]))
+    loaded = load_model(folder, load_tokenizer_for(folder, None, moe.load_config(folder)[1]))
     settings = EvalSettings(limit=3, max_length=256, truncation="keep_end", batch_size=4)
-    tha = load_task("belebele", ["tha_Thai"], settings, source_dir=shared_data, data_dir=None)
+    tha = load_task("belebele", ["tha_Thai"], settings, source_dir=shared_data)
     direct = run_task(loaded.model, loaded.params, loaded.tokenizer, tha, settings)
     assert record["accuracy"]["tha_Thai"] == np.mean([item.correct for item in direct])
 
@@ -110,7 +112,7 @@ def test_stale_belebele_results_are_refused_before_loading(env, capsys, monkeypa
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr(routing.pipeline, "prepare", forbidden)
+    monkeypatch.setattr(routing.pipelines.analyze_routing, "prepare", forbidden)
     with pytest.raises(SystemExit) as exit_info:
         run(env, out, "--limit", "2")
     assert exit_info.value.code == 2 and "scored with other settings" in capsys.readouterr().err

@@ -5,16 +5,17 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-from routing import steer_pipeline, steering
-from routing.expert_search import ExpertSets
-from routing.steering_eval import SteeringPlan, run_baseline
-from routing.tasks import EvalSettings, run_task
+from routing import steering
+from routing.eval.tasks import EvalSettings, run_task
+from routing.pipelines import find_experts, steer_eval
+from routing.pipelines.experts_file import ExpertSets
+from routing.pipelines.reproduce import load_recipe
+from routing.pipelines.steer_eval import SteeringPlan, run_baseline
+from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 SEARCH = ["--plain", "--num-samples", "4", "--max-passages", "2", "--max-length", "256", "--batch-size", "4"]
 EVAL = ["--plain", "--limit", "2", "--max-length", "256", "--buckets", "256", "--batch-size", "4", "--n-boot", "200",
         "--max-passages", "2", "--max-new-tokens", "4"]
@@ -111,25 +112,25 @@ def test_steered_run_applies_its_plans_edit(env, experts, shared_data, tmp_path_
     direct evaluation under that edit bit for bit; an empty plan reproduces the baseline bit for bit."""
     folder, _, runs = env
     settings = EvalSettings(limit=2, max_length=256, buckets=(256,), batch_size=4, truncation="keep_end")
-    config = steer_pipeline.SteerEvalConfig(
+    config = steer_eval.SteerEvalConfig(
         model=str(folder), task="belebele", experts=experts, out_dir=runs / "plans", languages=("en", "id"),
         window="1:2", eval=settings, source_dir=shared_data, tfds_dir=tfds_dir(tmp_path_factory), n_boot=100,
         correlation=False, progress=False)
-    prepared = steer_pipeline.prepare(config)
+    prepared = steer_eval.prepare(config)
     loaded, data = prepared.loaded, prepared.data
     baseline = run_baseline(loaded, data, settings)
 
     def steered(edit):
         plans = {lang: SteeringPlan([(1, 0)], [1, 2], edit) for lang in data.languages}
-        return steer_pipeline.execute(dataclasses.replace(prepared, plans=plans), baseline=baseline)["steered"]
+        return steer_eval.execute(dataclasses.replace(prepared, plans=plans), baseline=baseline)["steered"]
 
-    forced = steering.force_on(4, 8, [(layer, expert) for layer in range(4) for expert in (0, 1)])
+    forced = steering.force_on(loaded.config, [(layer, expert) for layer in range(4) for expert in (0, 1)])
     with_edit = steered(forced)
     assert any(s.detail != b.detail for s, b in zip(with_edit, baseline))
     direct = run_task(loaded.model, loaded.params, loaded.tokenizer, data, settings, edit=forced,
                       eos_ids=loaded.eos_ids)
     assert [s.detail for s in with_edit] == [d.detail for d in direct]
-    assert [s.detail for s in steered(steering.empty(4, 8))] == [b.detail for b in baseline]
+    assert [s.detail for s in steered(steering.empty(loaded.model))] == [b.detail for b in baseline]
 
 
 def test_reproduce_runs_a_recipe_like_config_end_to_end(env, tmp_path):
@@ -154,8 +155,6 @@ def test_reproduce_runs_a_recipe_like_config_end_to_end(env, tmp_path):
 
 
 def test_every_recipe_loads():
-    from routing.recipes import load_recipe
-
     recipes = sorted((SCRIPTS / "recipes").glob("*.json"))
     assert len(recipes) == 6
     rows = {(r.paper["model"], r.paper["task"]): r for r in map(load_recipe, recipes)}
@@ -169,8 +168,8 @@ def no_compute(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("compute started before the error")
 
-    monkeypatch.setattr(steer_pipeline, "load_model", forbidden)
-    monkeypatch.setattr(steer_pipeline, "load_task", forbidden)
+    monkeypatch.setattr(steer_eval, "load_model", forbidden)
+    monkeypatch.setattr(steer_eval, "load_task", forbidden)
 
 
 @pytest.mark.parametrize("experts_json, extra, message", [
@@ -231,38 +230,6 @@ def test_find_experts_bad_inputs(env, tmp_path, capsys, extra, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_paired_table_and_correlation_maths(tmp_path):
-    from routing.correlation import correlate, middle_divergence, read_divergence_table
-    from routing.evaluation import ItemResult, paired_table
-
-    base = [ItemResult(lang, i, ok, None, None) for lang, i, ok in
-            [("a", 0, True), ("a", 1, False), ("b", 0, False), ("b", 1, False)]]
-    steer = [ItemResult(r.language, r.id, ok, None, None) for r, ok in zip(base, [True, True, True, False])]
-    rows = {row["language"]: row for row in paired_table(base, steer[::-1], n_boot=100)}
-    assert rows["a"]["base_accuracy"] == 0.5 and rows["a"]["steer_accuracy"] == 1.0 and rows["a"]["only_steer"] == 1
-    assert rows["all"]["n"] == 4 and rows["all"]["difference"] == 0.5 and rows["all"]["mcnemar_p"] == 0.5
-    with pytest.raises(ValueError, match="same"):
-        paired_table(base, steer[:3])
-
-    curves = {"fra_Latn": [0.9, 0.2, 0.4, 0.8], "deu_Latn": [0.9, 0.1, 0.1, 0.8], "zho_Hans": [1.0, 0.5, 0.7, 0.9],
-              "hin_Deva": [1.0, 0.3, 0.5, 0.9]}
-    csv_path = tmp_path / "routing_table.csv"
-    csv_path.write_text("language,moe_layer,divergence\neng_Latn,0,\n" + "".join(
-        f"{lang},{layer},{value}\n" for lang, curve in curves.items() for layer, value in enumerate(curve)))
-    read = read_divergence_table(csv_path)
-    assert set(read) == set(curves) and list(read["zho_Hans"]) == curves["zho_Hans"]
-    middle = middle_divergence(read, (1, 2))
-    assert middle["fra_Latn"] == pytest.approx(0.3)
-    accuracy = {"fra_Latn": 0.6, "deu_Latn": 0.7, "zho_Hans": 0.3, "hin_Deva": 0.5}
-    result = correlate(middle, accuracy)
-    x, y = [middle[lang] for lang in result["languages"]], [accuracy[lang] for lang in result["languages"]]
-    assert result["pearson_r"] == pytest.approx(np.corrcoef(x, y)[0, 1]) and result["spearman_rho"] == -1.0
-    with pytest.raises(ValueError, match=">= 3 languages"):
-        correlate(middle, {"fra_Latn": 0.1, "deu_Latn": 0.2})
-    with pytest.raises(ValueError, match="outside"):
-        middle_divergence(read, (2, 4))
-
-
 @pytest.fixture
 def small_vocab(env, tmp_path):
     """A model folder whose vocabulary (1000) is smaller than its tokenizer's, with no weights at all."""
@@ -290,12 +257,10 @@ def test_tokenizer_beyond_the_model_vocabulary_fails_before_any_work(env, expert
 
 
 def test_offline_without_data_folder_or_cached_model_fails_in_one_line(env, tmp_path, capsys, monkeypatch):
-    from routing import expert_search
-
     def forbidden(*args, **kwargs):
         raise AssertionError("weights loaded before the error")
 
-    monkeypatch.setattr(expert_search, "load_model", forbidden)
+    monkeypatch.setattr(find_experts, "load_model", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     folder, _, _ = env
