@@ -1,4 +1,4 @@
-"""Evaluation maths in plain NumPy: answer extraction, accuracy, intervals, paired tests, correlations."""
+"""Evaluation maths in plain NumPy: answer extraction, intervals, paired tests, correlations."""
 from __future__ import annotations
 
 import math
@@ -65,11 +65,6 @@ def _paired(base: Sequence, steer: Sequence) -> tuple[np.ndarray, np.ndarray]:
     if b.shape != s.shape:
         raise ValueError(f"base and steer must score the same items: {b.shape} vs {s.shape}")
     return b, s
-
-
-def accuracy(correct: Sequence) -> float:
-    """Fraction of correct items."""
-    return float(_binary(correct, "correct").mean())
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> Interval:

@@ -49,8 +49,7 @@ def test_numbers_match():
     assert not scoring.numbers_match(42.01, 42)
 
 
-def test_accuracy_and_wilson():
-    assert scoring.accuracy([True, False, True, True]) == 0.75
+def test_wilson_and_paired_inputs():
     for k, n, conf in [(30, 100, 0.95), (0, 10, 0.95), (10, 10, 0.9), (1, 3, 0.99), (517, 1000, 0.95)]:
         ref = stats.binomtest(k, n).proportion_ci(conf, method="wilson")
         est, lo, hi = scoring.wilson_interval(k, n, conf)
@@ -62,10 +61,12 @@ def test_accuracy_and_wilson():
     for bad in [(5, 0), (11, 10), (-1, 10)]:
         with pytest.raises(ValueError):
             scoring.wilson_interval(*bad)
-    with pytest.raises(ValueError):
-        scoring.accuracy([])
-    with pytest.raises(ValueError):
-        scoring.accuracy([0, 2])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        scoring.mcnemar_test([], [])
+    with pytest.raises(ValueError, match="only booleans or 0/1"):
+        scoring.mcnemar_test([0, 2], [0, 1])
+    with pytest.raises(ValueError, match="same items"):
+        scoring.paired_bootstrap_ci([0, 1], [0, 1, 1])
 
 
 @pytest.mark.parametrize("b, c", [(0, 0), (3, 3), (1, 9), (12, 4), (0, 25), (40, 61)])
