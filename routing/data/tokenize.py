@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -19,6 +19,7 @@ from routing.data.chat import ChatVariables, Turn, render_chats
 
 PaddingSide = Literal["left", "right"]
 Truncation = Literal["error", "keep_start", "keep_end"]
+TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -114,8 +115,8 @@ def bucket_batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if truncation not in ("error", "keep_start", "keep_end"):
-        raise ValueError(f"truncation must be 'error', 'keep_start' or 'keep_end', got {truncation!r}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
     lengths = sorted(set(buckets))
     if not lengths or lengths[0] < 1:
         raise ValueError(f"buckets must be positive lengths, got {buckets}")

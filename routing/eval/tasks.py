@@ -22,6 +22,7 @@ from routing.data.languages import flores_language
 from routing.data.math_problems import Gsm8k, Mgsm
 from routing.data.medical import MedicalMcq, MedInstruct
 from routing.data.source import SourceBuilder, read_records
+from routing.data.tokenize import TRUNCATIONS
 from routing.eval.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
                                gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
 from routing.eval.multiple_choice import McFormat, evaluate_multiple_choice
@@ -50,7 +51,7 @@ class EvalSettings:
         language) or MGSM itself ("mgsm", same-language shots, removed from the evaluated items).
     max_new_tokens (mgsm); options/length_normalized (multiple choice, see ``McFormat``).
     buckets: padded prompt lengths (default: powers of two up to max_length); truncation as in
-        ``routing.data.bucket_batches``.
+        ``routing.data.tokenize.bucket_batches``.
     """
 
     chat: bool = False
@@ -90,8 +91,8 @@ class EvalSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shots < 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(f"need shots >= 0 and limit >= 1 (or None), got {self.shots}, {self.limit}")
-        if self.truncation not in ("error", "keep_start", "keep_end"):
-            raise ValueError(f"truncation must be 'error', 'keep_start' or 'keep_end', got {self.truncation!r}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.buckets is not None and (not self.buckets or min(self.buckets) < 2):
             raise ValueError(f"buckets must be lengths >= 2, got {self.buckets}")
         McFormat(options=self.options)  # validates the option style
@@ -118,10 +119,10 @@ class EvalSettings:
 class TaskData:
     """The records to evaluate, in language order, and (mgsm) the exemplars of each language."""
 
-    task: str
+    task: str  # its name in TASKS
     languages: tuple[str, ...]
-    records: list[Mapping[str, Any]]
-    exemplars: dict[str, list[Mapping[str, Any]]]
+    records: Records
+    exemplars: Exemplars
 
 
 def _prepared(builder_cls: type[SourceBuilder], source_dir: str | Path | None,

@@ -16,6 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from routing.data.tokenize import TRUNCATIONS
+from routing.eval.mgsm import ANSWER_FORMATS
+from routing.eval.multiple_choice import OPTION_STYLES
+from routing.eval.tasks import SHOT_SOURCES
 from routing.pipelines.models import DTYPES
 
 USER_ERRORS = (ValueError, OSError)  # bad values and files (incl. CheckpointError, FileNotFoundError, offline)
@@ -32,20 +36,20 @@ def user_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
-def codes(text: str) -> tuple[str, ...]:
+def _codes(text: str) -> tuple[str, ...]:
     """``"a, b,c"`` -> ``("a", "b", "c")``."""
     return tuple(code.strip() for code in text.split(",") if code.strip())
 
 
-def integers(text: str) -> tuple[int, ...]:
+def _integers(text: str) -> tuple[int, ...]:
     """``"1,2"`` -> ``(1, 2)``; argparse reports anything else."""
     try:
-        return tuple(int(value) for value in codes(text))
+        return tuple(int(value) for value in _codes(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def read_text(path: Path) -> str:
+def _read_text(path: Path) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
@@ -65,16 +69,16 @@ FLAGS: dict[str, Flag] = {
     "source_dir": Flag("--data-dir", "folder laid out like shared/data", dict(type=Path)),
     "tfds_dir": Flag("--tfds-dir", "where TFDS keeps prepared data (default: its own)", dict(type=Path)),
     "out_dir": Flag("--out", "output folder", dict(type=Path)),
-    "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes", dict(type=codes)),
+    "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes", dict(type=_codes)),
     "reference": Flag("--reference", "reference language"),
     "tokenizer": Flag("--tokenizer", "tokenizer.json file or folder (default: the model folder)"),
     "chat_template": Flag("--chat-template", "Jinja chat template file replacing the tokenizer's",
-                          dict(type=Path), load=read_text),
+                          dict(type=Path), load=_read_text),
     "max_passages": Flag("--max-passages", "first N FLORES passages per language (default: all)", dict(type=int)),
     "batch_size": Flag("--batch-size", "rows per batch", dict(type=int)),
     "max_length": Flag("--max-length", "longest sequence in tokens", dict(type=int)),
     "truncation": Flag("--truncate", "sequences longer than --max-length: error, or keep their start or end",
-                       dict(choices=("error", "keep_start", "keep_end"))),
+                       dict(choices=TRUNCATIONS)),
     "seed": Flag("--seed", "seed", dict(type=int)),
     "dtype": Flag("--dtype", "parameter dtype", dict(choices=sorted(DTYPES))),
     "window": Flag("--window", "FIRST:LAST MoE layers, 0-indexed, inclusive"),
@@ -88,7 +92,7 @@ FLAGS: dict[str, Flag] = {
     # analyze_routing
     "num_pairs": Flag("--consistency-pairs", "token pairs sampled per passage for consistency", dict(type=int)),
     "heatmap_layers": Flag("--heatmap-layers", "comma-separated MoE layers for expert_usage.png (default: first, "
-                           "window centre, last)", dict(type=integers)),
+                           "window centre, last)", dict(type=_integers)),
     # correlate
     "routing_dir": Flag("--routing-dir", "where per-language routing results are stored and reused (default: "
                         "--out)", dict(type=Path)),
@@ -116,16 +120,16 @@ FLAGS: dict[str, Flag] = {
                  dict(action="append")),
     "answer_format": Flag("--answer-format", "mgsm: score the whole output (plain), GPT-OSS's final channel "
                           "(harmony), or decide from the chat template (auto)",
-                          dict(choices=("auto", "plain", "harmony"))),
+                          dict(choices=ANSWER_FORMATS)),
     "limit": Flag("--limit", "items per language (default: all)", dict(type=int)),
     "buckets": Flag("--buckets", "comma-separated padded prompt lengths (default: powers of two from 32 up to "
-                    "--max-length); each length compiles once", dict(type=integers)),
+                    "--max-length); each length compiles once", dict(type=_integers)),
     "max_new_tokens": Flag("--max-new-tokens", "mgsm: tokens generated", dict(type=int)),
     "shots": Flag("--shots", "mgsm: exemplars per prompt", dict(type=int)),
     "shot_source": Flag("--shot-source", "mgsm: exemplars from GSM8K train or MGSM itself",
-                        dict(choices=("gsm8k", "mgsm"))),
+                        dict(choices=SHOT_SOURCES)),
     "options": Flag("--options", "multiple choice: score the option letter or the option text",
-                    dict(choices=("letter", "text"))),
+                    dict(choices=OPTION_STYLES)),
     "length_normalized": Flag("--length-normalized", "multiple choice: mean log-prob per token",
                               dict(action="store_true")),
 }
