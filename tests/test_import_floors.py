@@ -71,6 +71,6 @@ def test_floors_name_a_cycle_and_count_from_zero():
 
 
 if __name__ == "__main__":
-    for level, names in sorted((level, sorted(n for n, f in floors(import_graph("routing")).items() if f == level))
-                               for level in set(floors(import_graph("routing")).values())):
-        print(f"floor {level}: {', '.join(names)}")
+    levels = floors(import_graph("routing"))
+    for level in range(max(levels.values()) + 1):
+        print(f"floor {level}: {', '.join(sorted(name for name, f in levels.items() if f == level))}")

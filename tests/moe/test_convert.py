@@ -154,6 +154,7 @@ def _logits(path):
     return np.asarray(model.apply({"params": params}, ids, mask).logits)
 
 
+@pytest.mark.slow
 def test_overwrite_killed_between_renames_loses_nothing(hf_dir, tmp_path):
     other = tmp_path / "other"
     tiny_model("olmoe", seed=1).save_pretrained(other)
@@ -179,6 +180,7 @@ def test_killed_conversion_leaves_its_folder_only_until_the_next_run(hf_dir, tmp
     np.testing.assert_array_equal(_logits(out), _logits(hf_dir))
 
 
+@pytest.mark.slow
 def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(hf_dir, src)

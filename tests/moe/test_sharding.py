@@ -50,6 +50,7 @@ def test_bad_meshes_name_the_sizes():
         partition_spec("embed", (64, 32), AbstractMesh((2, 4), ("data", "model")))
 
 
+@pytest.mark.slow
 def test_sharded_runs_equal_single_device_runs():
     """tests/helpers/sharded_cases.py: logits, router logits, statistics and steered logits for 8, 2x4 and 2x2x2
     meshes; expert-parallel dispatch; from_pretrained(mesh=...) from HF and converted folders; bad meshes."""

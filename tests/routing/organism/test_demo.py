@@ -1,5 +1,4 @@
 """The demo main job in its --quick setting writes every output; the organism's data and cache are reproducible."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from routing.organism import demo
 from routing.organism.demo import QUICK, u_shape
 from routing.organism.model import build_data, load_or_train, pack_rows, training_rows
+from tests.helpers.scripts import SCRIPTS, script
 
 REPO = Path(__file__).resolve().parents[3]
 OUTPUTS = ("settings.json", "training.json", "routing_table.json", "divergence.csv", "divergence.png", "window.json",
@@ -20,9 +20,10 @@ OUTPUTS = ("settings.json", "training.json", "routing_table.json", "divergence.c
 FINETUNE_OUTPUTS = ("finetune.json", "finetune.csv", "finetune_divergence.png")
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_every_output_caches_the_organism_and_never_mixes_runs(tmp_path):
     out, cache = tmp_path / "report", tmp_path / "cache"
-    command = [sys.executable, str(REPO / "scripts" / "demo.py"), "--quick", "--out", str(out), "--cache", str(cache),
+    command = [sys.executable, str(SCRIPTS / "demo.py"), "--quick", "--out", str(out), "--cache", str(cache),
                "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,13 +77,6 @@ def test_u_shape_rule():
     assert not u_shape(np.array([0.5, 0.1, 0.11, 0.12]), 0.1)["u_shaped"]  # the last layer barely rises
 
 
-def _demo_main():
-    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_bad_settings_and_folders_fail_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the demo started before the error")
@@ -99,7 +93,7 @@ def test_bad_settings_and_folders_fail_in_one_line_before_any_work(tmp_path, cap
              (["--window", "0:9"], "0 <= FIRST <= LAST")]
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            _demo_main()(["--quick", "--out", str(tmp_path / "report"), *args])
+            script("demo")(["--quick", "--out", str(tmp_path / "report"), *args])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error and "Traceback" not in error, args
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "not a report"

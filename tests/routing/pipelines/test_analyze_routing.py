@@ -1,7 +1,6 @@
 """scripts/analyze_routing.py end to end: a tiny random OLMoE with the real OLMoE tokenizer over real FLORES
 passages, checked against a slow NumPy reference from full per-token router logits; resume; bad inputs."""
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -21,9 +20,9 @@ from routing.data.tokenize import load_tokenizer
 from routing.outputs.store import LanguageStore
 from routing.pipelines.models import model_fingerprint
 from tests.helpers.hf_reference import tiny_model
+from tests.helpers.scripts import SCRIPTS, script_module
 
-REPO = Path(__file__).resolve().parents[3]
-SCRIPT = REPO / "scripts" / "analyze_routing.py"
+SCRIPT = SCRIPTS / "analyze_routing.py"
 LANGS = ["eng_Latn", "fra_Latn", "arb_Arab", "hin_Deva", "zho_Hans"]
 PASSAGES, MAX_LENGTH, TOP_K, PAIRS = 6, 128, 2, 2048
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -31,9 +30,7 @@ TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% 
 FINAL = ["routing_table.json", "routing_table.csv", "middle_window.json", "divergence_by_layer.png",
          "expert_usage.png"]
 
-spec = importlib.util.spec_from_file_location("analyze_routing", SCRIPT)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+script = script_module("analyze_routing")
 
 
 class CountingAnalysis:

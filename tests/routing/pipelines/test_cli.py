@@ -1,6 +1,5 @@
 """The scripts' flags: defaults are the library's, a flag means the same in every script, files load late."""
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,11 @@ from routing.pipelines.correlate import CorrelateConfig
 from routing.pipelines.experts_file import ExpertSettings
 from routing.pipelines.steer_eval import SteerEvalConfig
 from routing.window import Window
-
-SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
+from tests.helpers.scripts import script_module
 
 
 def parser_of(name: str) -> argparse.ArgumentParser:
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+    return script_module(name).build_parser()
 
 
 def test_script_defaults_are_the_library_defaults():

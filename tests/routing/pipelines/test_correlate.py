@@ -4,9 +4,7 @@ resumes, and bad inputs fail before any compute."""
 import csv
 import subprocess
 import sys
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,18 +15,11 @@ import routing.pipelines.correlate
 import routing.pipelines.passages
 from routing.eval.tasks import EvalSettings, load_task, run_task
 from routing.pipelines.models import load_model, load_tokenizer_for
+from tests.helpers.scripts import SCRIPTS, script
 from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
-SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 LANGS = "en,id,vi,ms,th"
 ROUTING = ["--plain", "--max-passages", "2", "--max-length", "256", "--truncate", "keep_end", "--batch-size", "4"]
-
-
-def script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 class Counter:

@@ -1,63 +1,24 @@
-"""find_experts -> steer_eval -> reproduce end to end on a tiny model with real data; bad inputs fail first."""
+"""scripts/steer_eval.py end to end on a tiny model with real data (MGSM and BELEBELE, controls, the
+correlation), the steered run applies its plan's edit, and bad inputs fail before any compute."""
 import csv
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from routing import steering
 from routing.eval.tasks import EvalSettings, run_task
-from routing.pipelines import find_experts, steer_eval
-from routing.pipelines.experts_file import ExpertSets
-from routing.pipelines.reproduce import load_recipe
+from routing.pipelines import steer_eval
 from routing.pipelines.steer_eval import SteeringPlan, run_baseline
-from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
+from tests.helpers.scripts import script
+from tests.helpers.tiny_olmoe import tfds_dir
 
-SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
-SEARCH = ["--plain", "--num-samples", "4", "--max-passages", "2", "--max-length", "256", "--batch-size", "4"]
 EVAL = ["--plain", "--limit", "2", "--max-length", "256", "--buckets", "256", "--batch-size", "4", "--n-boot", "200",
         "--max-passages", "2", "--max-new-tokens", "4"]
 
 
-def script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-@pytest.fixture(scope="module")
-def env(shared_data, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_steer")
-    write_tiny_olmoe(folder, shared_data)
-    data = ["--data-dir", str(shared_data), "--tfds-dir", str(tfds_dir(tmp_path_factory))]
-    return folder, data, tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="module")
-def experts(env):
-    folder, data, runs = env
-    out = runs / "experts"
-    assert script("find_experts")(["--model", str(folder), "--task", "mgsm", "--top-n", "3", "--window", "1:2",
-                                   "--langs", "fr,de,zh", "--out", str(out), *data, *SEARCH]) == 0
-    return out / "experts.json"
-
-
-def test_find_experts_writes_sets_tables_and_plots(experts):
-    sets = ExpertSets.from_json(json.loads(experts.read_text()))
-    assert len(sets.task_experts) == 3 and all(1 <= layer <= 2 for layer, _ in sets.task_experts)
-    assert sets.delta_task.shape == (4, 8) and set(sets.delta_languages) == {"fra_Latn", "deu_Latn", "zho_Hans"}
-    assert sets.sequences == {"task": 4, "flores_eng_Latn": 2, "flores_fra_Latn": 2, "flores_deu_Latn": 2,
-                              "flores_zho_Hans": 2}
-    assert all(len(p) == 3 for p in sets.language_experts.values())
-    for name in ("delta_task.png", "delta_fra_Latn.png"):
-        assert (experts.parent / name).read_bytes().startswith(b"\x89PNG")
-
-
-def test_steer_eval_mgsm_writes_every_output(env, experts):
-    folder, data, runs = env
+def test_steer_eval_mgsm_writes_every_output(model_env, experts):
+    folder, data, runs = model_env
     out = runs / "mgsm"
     assert script("steer_eval")(["--model", str(folder), "--task", "mgsm", "--experts", str(experts),
                                  "--langs", "en,fr,de,zh", "--out", str(out), *data, *EVAL,
@@ -84,8 +45,8 @@ def test_steer_eval_mgsm_writes_every_output(env, experts):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_steer_eval_belebele_control_and_divergence_table(env, experts, tmp_path):
-    folder, data, runs = env
+def test_steer_eval_belebele_control_and_divergence_table(model_env, experts, tmp_path):
+    folder, data, runs = model_env
     table = {"per_language": {"eng_Latn": {"divergence": None},
                               **{lang: {"divergence": [0.5, 0.1 * i, 0.2 * i, 0.9]}
                                  for i, lang in enumerate(("ind_Latn", "vie_Latn", "zsm_Latn"), 1)}}}
@@ -107,10 +68,10 @@ def test_steer_eval_belebele_control_and_divergence_table(env, experts, tmp_path
     assert all(isinstance(i["baseline"]["detail"], list) for i in map(json.loads, (out / "items.jsonl").open()))
 
 
-def test_steered_run_applies_its_plans_edit(env, experts, shared_data, tmp_path_factory):
+def test_steered_run_applies_its_plans_edit(model_env, experts, shared_data, tmp_path_factory):
     """Multiple choice scores show any change of routing: a plan forcing experts on changes them, and equals a
     direct evaluation under that edit bit for bit; an empty plan reproduces the baseline bit for bit."""
-    folder, _, runs = env
+    folder, _, runs = model_env
     settings = EvalSettings(limit=2, max_length=256, buckets=(256,), batch_size=4, truncation="keep_end")
     config = steer_eval.SteerEvalConfig(
         model=str(folder), task="belebele", experts=experts, out_dir=runs / "plans", languages=("en", "id"),
@@ -131,35 +92,6 @@ def test_steered_run_applies_its_plans_edit(env, experts, shared_data, tmp_path_
                       eos_ids=loaded.eos_ids)
     assert [s.detail for s in with_edit] == [d.detail for d in direct]
     assert [s.detail for s in steered(steering.empty(loaded.model))] == [b.detail for b in baseline]
-
-
-def test_reproduce_runs_a_recipe_like_config_end_to_end(env, tmp_path):
-    folder, data, runs = env
-    recipe = json.loads((SCRIPTS / "recipes" / "qwen3_mgsm.json").read_text())
-    recipe.update(name="tiny-mgsm", model=str(folder), window="1:2", expert_selection={"top_n": 2},
-                  languages=["en", "fr"], chat=False, dtype="float32",
-                  expert_search={"num_samples": 2, "max_passages": 2, "max_length": 256, "batch_size": 4},
-                  eval={"limit": 1, "max_new_tokens": 4, "max_length": 256, "buckets": [256], "batch_size": 4})
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(recipe))
-    out = runs / "reproduce"
-    assert script("reproduce")([str(path), "--out", str(out), *data]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["experts_found"] == 2 and summary["paper"]["steered"] == 78.0
-    assert set(summary["controls"]) == {"outside-window", "language-experts", "random"}
-    assert summary["controls"]["language-experts"]["n"] == 1  # English has no language experts
-    for sub in ("steered", "control-outside-window", "control-language-experts", "control-random"):
-        assert (out / sub / "results.json").is_file() and (out / sub / "config.json").is_file()
-    outside = json.loads((out / "control-outside-window" / "config.json").read_text())
-    assert outside["steered_experts"]["eng_Latn"]["layers"] == [0, 3]
-
-
-def test_every_recipe_loads():
-    recipes = sorted((SCRIPTS / "recipes").glob("*.json"))
-    assert len(recipes) == 6
-    rows = {(r.paper["model"], r.paper["task"]): r for r in map(load_recipe, recipes)}
-    assert rows[("GPT-OSS", "MGSM")].mode == "hard" and rows[("GPT-OSS", "MGSM")].expert_selection == {"tau": 0.3}
-    assert rows[("Qwen3", "MGSM")].window == "7:34"
 
 
 @pytest.fixture
@@ -190,8 +122,8 @@ def no_compute(monkeypatch):
     ("folder", [], "experts.json: not a JSON file"),
     ([[1, 2]], ["--out", "FILE"], "is a file, not a folder"),
 ])
-def test_bad_inputs_fail_before_any_compute(env, experts, tmp_path, no_compute, capsys, experts_json, extra, message):
-    folder, data, _ = env
+def test_bad_inputs_fail_before_any_compute(model_env, experts, tmp_path, no_compute, capsys, experts_json, extra, message):
+    folder, data, _ = model_env
     path = experts
     if experts_json is not None:
         path = tmp_path / "experts.json"
@@ -213,37 +145,9 @@ def test_bad_inputs_fail_before_any_compute(env, experts, tmp_path, no_compute, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--window", "0:4"], "0 <= FIRST <= LAST < 4"),
-    (["--window", "1:2", "--top-n", "17"], "top_n must be in [1, 16]"),
-    (["--window", "1:2", "--langs", "en"], "drop it from the languages"),
-    (["--window", "1:2", "--langs", "xx_Yyyy"], "unknown FLORES-200 language code"),
-])
-def test_find_experts_bad_inputs(env, tmp_path, capsys, extra, message):
-    folder, data, _ = env
-    args = ["--model", str(folder), "--task", "mgsm", "--out", str(tmp_path / "out"), *data]
-    if "--top-n" not in extra:
-        args += ["--tau", "0.3"]
-    with pytest.raises(SystemExit) as exit_info:
-        script("find_experts")(args + extra)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def small_vocab(env, tmp_path):
-    """A model folder whose vocabulary (1000) is smaller than its tokenizer's, with no weights at all."""
-    folder = tmp_path / "small_vocab"
-    folder.mkdir()
-    config = json.loads((env[0] / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
-    (folder / "tokenizer.json").write_text((env[0] / "tokenizer.json").read_text())
-    return folder
-
-
-def test_tokenizer_beyond_the_model_vocabulary_fails_before_any_work(env, experts, small_vocab, tmp_path, capsys,
+def test_tokenizer_beyond_the_model_vocabulary_fails_before_any_work(model_env, experts, small_vocab, tmp_path, capsys,
                                                                      no_compute):
-    _, data, _ = env
+    _, data, _ = model_env
     message = "has token ids up to 50279, but the model's vocabulary holds 1000"
     with pytest.raises(SystemExit) as exit_info:
         script("steer_eval")(["--model", str(small_vocab), "--task", "mgsm", "--experts", str(experts), "--langs",
@@ -254,25 +158,3 @@ def test_tokenizer_beyond_the_model_vocabulary_fails_before_any_work(env, expert
                                 "--out", str(tmp_path / "out"), *data])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_offline_without_data_folder_or_cached_model_fails_in_one_line(env, tmp_path, capsys, monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("weights loaded before the error")
-
-    monkeypatch.setattr(find_experts, "load_model", forbidden)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    folder, _, _ = env
-    args = ["--task", "mgsm", "--tau", "0.3", "--window", "1:2", "--out", str(tmp_path / "out"),
-            "--tfds-dir", str(tmp_path / "tfds"), "--plain"]
-    with pytest.raises(SystemExit) as exit_info:
-        script("find_experts")(["--model", str(folder), *args])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "Traceback" not in error and ": error: " in error.splitlines()[-1]
-    assert "gsm8k_math: cannot download its source (HF_HUB_OFFLINE is set)" in error and "--data-dir" in error
-    with pytest.raises(SystemExit) as exit_info:
-        script("find_experts")(["--model", "some-org/not-cached-model", *args])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "not in the local HF hub cache" in error
-    assert "`hf download some-org/not-cached-model`" in error
