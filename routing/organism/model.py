@@ -188,7 +188,8 @@ def optimizer(settings: OrganismSettings) -> optax.GradientTransformation:
 
 
 def new_model(config: ModelConfig) -> MoeTransformer:
-    """The organism's decoder with the default dispatch (blocked on CPU: 1.8x faster to train than dense here)."""
+    """The organism's decoder with the default dispatch (blocked on CPU: a training step takes about 1/1.5 of
+    the dense dispatch's, measured side by side on 2 cores)."""
     return MoeTransformer(config)
 
 
