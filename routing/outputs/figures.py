@@ -40,8 +40,8 @@ def plot_divergence_curves(
     for ax, (title, curves) in zip(axes, panels.items()):
         layers = np.arange(len(next(iter(curves.values()))))
         if window is not None:
-            ax.axvspan(window[0] - 0.5, window[1] + 0.5, color="0.85",
-                       label=f"middle window {window[0]}-{window[1]}")
+            ax.axvspan(window.first - 0.5, window.last + 0.5, color="0.85",
+                       label=f"middle window {window.first}-{window.last}")
         for language, curve in curves.items():
             ax.plot(layers, curve, marker=".", linewidth=1.2, label=language)
         ax.plot(layers, np.mean(np.stack(list(curves.values())), axis=0), "k--", linewidth=2, label="mean")
@@ -100,8 +100,8 @@ def plot_delta_heatmap(delta: np.ndarray, window: Window, experts: Sequence[tupl
     fig = Figure(figsize=(min(24.0, max(6.0, 0.12 * num_experts + 2.5)), max(3.0, 0.22 * layers + 1.5)))
     ax = fig.subplots()
     image = ax.imshow(delta, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    ax.axhspan(window[0] - 0.5, window[1] + 0.5, fill=False, edgecolor="k", linewidth=1.5,
-               label=f"window {window[0]}-{window[1]}")
+    ax.axhspan(window.first - 0.5, window.last + 0.5, fill=False, edgecolor="k", linewidth=1.5,
+               label=f"window {window.first}-{window.last}")
     if experts:
         ys, xs = zip(*experts)
         ax.scatter(xs, ys, s=12, c="k", marker="o", label=f"selected ({len(experts)})")

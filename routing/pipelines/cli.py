@@ -55,10 +55,10 @@ def _read_text(path: Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Flag:
-    """How one setting appears on the command line; ``load`` turns the parsed value into the setting's (after
-    parsing, so a missing file is a one-line error)."""
+    """How one setting appears on the command line: its ``option``, help text and argparse options; ``load``
+    turns the parsed value into the setting's (after parsing, so a missing file is a one-line error)."""
 
-    name: str
+    option: str
     help: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     load: Callable[[Any], Any] | None = None
@@ -140,7 +140,7 @@ def new_parser(description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def default(source: Callable, name: str) -> Any:
+def _default(source: Callable, name: str) -> Any:
     """The default of parameter ``name`` of ``source`` (a settings dataclass or a function), NO_DEFAULT if none."""
     return inspect.signature(source).parameters[name].default
 
@@ -156,15 +156,15 @@ def _add(parser: argparse.ArgumentParser, name: str, help: str, **options: Any) 
     flag = FLAGS[name]
     options = {**flag.options, **options}
     if options.get("action") not in ("store_true", "store_false") and "choices" not in options:
-        options["metavar"] = flag.name.removeprefix("--").replace("-", "_").upper()
-    parser.add_argument(flag.name, dest=name, help=help, **options)
+        options["metavar"] = flag.option.removeprefix("--").replace("-", "_").upper()
+    parser.add_argument(flag.option, dest=name, help=help, **options)
 
 
 def add_flags(parser: argparse.ArgumentParser, source: Callable, *names: str, **helps: str) -> None:
     """Add the flags of ``source``'s parameters ``names``, with its defaults; a parameter without a default
     becomes a required flag. ``helps`` replace a flag's help text."""
     for name in names:
-        value, text = default(source, name), helps.get(name, FLAGS[name].help)
+        value, text = _default(source, name), helps.get(name, FLAGS[name].help)
         if value is NO_DEFAULT:
             _add(parser, name, text, required=True)
         elif FLAGS[name].options.get("action") in ("store_true", "store_false"):

@@ -49,7 +49,7 @@ def test_a_flag_means_the_same_setting_in_every_script():
     assert dests["--data-dir"] == {"source_dir"} and dests["--tfds-dir"] == {"tfds_dir"}
     assert dests["--no-progress"] == {"progress"} and dests["--plain"] == {"chat"}
     assert {option: names for option, names in dests.items() if len(names) > 1} == {}
-    assert {flag.name for flag in FLAGS.values()} <= set(dests)  # every declared flag is used by a script
+    assert {flag.option for flag in FLAGS.values()} <= set(dests)  # every declared flag is used by a script
 
 
 def test_required_flags_and_files_read_after_parsing(tmp_path, capsys):
