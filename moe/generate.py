@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from moe.inputs import check_inputs
 from moe.kv_cache import KVCache
-from moe.model import MoeTransformer, LogitEdit
+from moe.model import LogitEdit, MoeTransformer
 
 Array = jax.Array
 
