@@ -1,6 +1,6 @@
 """Functional Flax MoE decoder covering several HF families, with streaming checkpoint conversion."""
 from moe.config import ModelConfig
-from moe.convert import from_pretrained, save_converted
+from moe.convert import from_pretrained, load_config, save_converted
 from moe.model import MoeOutput, MoeTransformer, Router
 
-__all__ = ["ModelConfig", "MoeOutput", "MoeTransformer", "Router", "from_pretrained", "save_converted"]
+__all__ = ["ModelConfig", "MoeOutput", "MoeTransformer", "Router", "from_pretrained", "load_config", "save_converted"]

@@ -310,6 +310,13 @@ def resolve_model_path(path: str | Path) -> Path:
                                 f"{err}") from err
 
 
+def load_config(path: str | Path) -> tuple[Path, ModelConfig]:
+    """The local folder and the architecture of a model (an HF or converted folder, or a hub id as in
+    `from_pretrained`), weights unread; FileNotFoundError if the folder holds no model."""
+    folder = resolve_model_path(path)
+    return folder, read_config(folder)
+
+
 def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto", mesh: Mesh | None = None):
     """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, or a hub id.
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from moe.inputs import check_inputs
 from moe.kv_cache import KVCache
-from moe.model import MoeTransformer, RoutingEdit
+from moe.model import LogitEdit, MoeTransformer
 
 Array = jax.Array
 
@@ -30,7 +30,7 @@ class Generation:
 
 def generate(model: MoeTransformer, params, input_ids: Array, attention_mask: Array | None = None, *,
              max_new_tokens: int, eos_id: int | Iterable[int] | None = None, pad_id: int = 0,
-             edit: RoutingEdit | None = None) -> Generation:
+             edit: LogitEdit | None = None) -> Generation:
     """Greedy decoding of left-padded prompts input_ids [batch, seq] (attention_mask 1 on real tokens).
 
     A row stops at its first token in `eos_id` (an id or a collection of ids; None: never) and is filled
@@ -50,7 +50,7 @@ def generate(model: MoeTransformer, params, input_ids: Array, attention_mask: Ar
 
 @partial(jax.jit, static_argnums=(0, 1))
 def _decode(model: MoeTransformer, max_new_tokens: int, params, input_ids: Array, attention_mask: Array,
-            eos: Array, pad_id: Array, edit: RoutingEdit | None) -> Generation:
+            eos: Array, pad_id: Array, edit: LogitEdit | None) -> Generation:
     batch, prompt_len = input_ids.shape
     # The last generated token is never fed back, so the cache needs one slot fewer than the full length.
     cache = KVCache.create(model.config, batch, prompt_len + max_new_tokens - 1, model.dtype)

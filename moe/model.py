@@ -21,7 +21,7 @@ Array = jax.Array
 # A routing edit: any pytree callable as edit(raw_logits [b, s, E], moe_layer) -> edited logits, where
 # moe_layer is a traced int32 scalar (the layers are scanned). An edit that holds per-layer data declares
 # how many MoE layers it was built for as `num_moe_layers`; the model refuses another count at trace time.
-RoutingEdit = Callable[[Array, Array], Array]
+LogitEdit = Callable[[Array, Array], Array]
 
 
 @flax.struct.dataclass
@@ -33,7 +33,7 @@ class MoeOutput:
     cache: KVCache | None = None  # the updated cache when one was passed in
 
 
-def check_edit(config: ModelConfig, edit: RoutingEdit | None) -> None:
+def check_edit(config: ModelConfig, edit: LogitEdit | None) -> None:
     """ValueError if ``edit`` declares a number of MoE layers other than the model's (checked while tracing:
     a traced layer index would otherwise be clamped into the edit's range)."""
     layers = getattr(edit, "num_moe_layers", None)
@@ -74,7 +74,7 @@ class MoeBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, edit: RoutingEdit | None, moe_index: Array,
+    def __call__(self, x: Array, edit: LogitEdit | None, moe_index: Array,
                  route_only: Array | None = None) -> tuple[Array, Array]:
         """FFN output and raw router logits of x [b, s, D]; `moe_index` (traced) selects the edit's layer.
 
@@ -132,7 +132,7 @@ class LayerContext(NamedTuple):
     key_slots: Array  # [t] slot index of each key
     key_valid: Array  # [b, t] which keys are real tokens
     cache_index: Array | None  # the cache slot the new tokens are written at
-    edit: RoutingEdit | None
+    edit: LogitEdit | None
 
 
 class DecoderLayer(nn.Module):
@@ -189,7 +189,7 @@ class MoeTransformer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, edit: RoutingEdit | None = None,
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, edit: LogitEdit | None = None,
                  positions: Array | None = None, analysis_only: bool = False,
                  cache: KVCache | None = None) -> MoeOutput:
         c = self.config

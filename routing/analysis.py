@@ -6,9 +6,8 @@ across languages.
 """
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
-from typing import Callable, Hashable, Iterable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -16,38 +15,8 @@ import numpy as np
 
 from moe.inputs import check_inputs
 from routing.divergence import divergence_from_reference
-from routing.stats import sequence_statistics
-
-
-@dataclasses.dataclass
-class CorpusRouting:
-    """Per-sequence routing summaries of one corpus (e.g. one language). N = sequences, L = MoE layers."""
-
-    keys: list[Hashable]  # alignment key of each sequence
-    q: np.ndarray  # [L, N, E] expert distribution of each sequence
-    counts: np.ndarray  # [L, N, E] top-k activation counts
-    lengths: np.ndarray  # [N] real tokens
-    entropy: np.ndarray  # [L, N]
-    consistency: np.ndarray  # [L, N] (NaN for sequences shorter than 2 tokens)
-
-    @property
-    def activation_rate(self) -> np.ndarray:
-        """[L, E] mean over sequences of counts / length (the paper's r_k)."""
-        return (self.counts / self.lengths[None, :, None]).mean(axis=1)
-
-    def aligned(self, keys: list[Hashable]) -> "CorpusRouting":
-        """The rows for the given keys, in that order (KeyError naming a missing key)."""
-        where = {k: i for i, k in enumerate(self.keys)}
-        missing = [k for k in keys if k not in where]
-        if missing:
-            raise KeyError(f"{len(missing)} alignment key(s) missing, e.g. {missing[:3]}")
-        idx = np.array([where[k] for k in keys], dtype=int)
-        return CorpusRouting(list(keys), self.q[:, idx], self.counts[:, idx], self.lengths[idx],
-                             self.entropy[:, idx], self.consistency[:, idx])
-
-    def summary(self) -> dict[str, np.ndarray]:
-        """Per-layer means: routing entropy and token-to-token consistency."""
-        return {"entropy": self.entropy.mean(axis=1), "consistency": np.nanmean(self.consistency, axis=1)}
+from routing.stats import CorpusRouting, sequence_statistics
+from routing.window import Window
 
 
 def statistics_fn(model, top_k: int | None = None, num_pairs: int = 64) -> Callable:
@@ -68,8 +37,9 @@ def analyze_corpus(model, params, batches: Iterable, *, seed: int = 0, num_pairs
     """Routing summaries of every real row of `batches` (objects with input_ids, attention_mask, keys).
 
     Filler rows (key None) are dropped. Each batch is checked (`moe.inputs.check_inputs`) before its jitted
-    call. Each batch uses its own PRNG key for consistency pairs, derived from `seed` and the batch index. Pass `stats_fn` (from `statistics_fn`, with the same `num_pairs`) to
-    reuse one compiled function across corpora; otherwise a new one is made (and compiled) per call.
+    call. Each batch uses its own PRNG key for consistency pairs, derived from `seed` and the batch index.
+    Pass `stats_fn` (from `statistics_fn`, with the same `num_pairs`) to reuse one compiled function across
+    corpora; otherwise a new one is made (and compiled) per call.
     """
     fn = statistics_fn(model, num_pairs=num_pairs) if stats_fn is None else stats_fn
     parts, keys = [], []
@@ -111,9 +81,8 @@ def divergence_curves(corpora: dict[str, CorpusRouting], reference: str, normali
     return curves
 
 
-def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, margin: int = 0
-                         ) -> tuple[int, int]:
-    """The valley of the mean divergence curve: (first, last) MoE-layer indices, 0-indexed, inclusive.
+def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, margin: int = 0) -> Window:
+    """The valley of the mean divergence curve, as a window of MoE layers.
 
     Rule: average the curves over languages; layers whose value is within `fraction` of the curve's range
     above its minimum qualify; the window is the contiguous run of qualifying layers around the minimum,
@@ -135,4 +104,4 @@ def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, 
         last += 1
     if last - first >= 2 * margin:
         first, last = first + margin, last - margin
-    return first, last
+    return Window(first, last)

@@ -124,14 +124,8 @@ def jsd(p: ArrayLike, q: ArrayLike, *, m_floor: float = M_FLOOR) -> jnp.ndarray:
     return jnp.maximum(jnp.sum(_jsd_terms(p, q, m_floor=m_floor), axis=-1), 0.0)
 
 
-def entropy_normalized_jsd(
-    p: ArrayLike,
-    q: ArrayLike,
-    *,
-    m_floor: float = M_FLOOR,
-    log_eps: float = LOG_EPS,
-    denom_floor: float = DENOM_FLOOR,
-) -> jnp.ndarray:
+def entropy_normalized_jsd(p: ArrayLike, q: ArrayLike, *, m_floor: float = M_FLOOR, log_eps: float = LOG_EPS,
+                           denom_floor: float = DENOM_FLOOR) -> jnp.ndarray:
     """D = JSD(P, Q) / max(log E - (H(P) + H(Q)) / 2, denom_floor), E = size of the last axis.
 
     P and Q must be distributions (each sums to 1): the normaliser is computed as the mean of the two
@@ -143,15 +137,9 @@ def entropy_normalized_jsd(
     return jsd(p, q, m_floor=m_floor) / jnp.maximum(gap, denom_floor)
 
 
-def divergence_from_reference(
-    q_ref: ArrayLike,
-    q_lang: ArrayLike,
-    normalized: bool = True,
-    *,
-    m_floor: float = M_FLOOR,
-    log_eps: float = LOG_EPS,
-    denom_floor: float = DENOM_FLOOR,
-) -> jnp.ndarray:
+def divergence_from_reference(q_ref: ArrayLike, q_lang: ArrayLike, normalized: bool = True, *,
+                              m_floor: float = M_FLOOR, log_eps: float = LOG_EPS,
+                              denom_floor: float = DENOM_FLOOR) -> jnp.ndarray:
     """Mean over aligned passages of D(q_ref_i, q_lang_i) (raw JSD when ``normalized`` is False).
 
     Both inputs are [..., passages, experts] with identical shapes (passage i of one is the

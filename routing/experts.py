@@ -1,7 +1,6 @@
-"""Expert specialisation: activation rates, Delta, and expert selection (NumPy over reduced arrays).
+"""Expert specialisation: Delta between activation rates, expert selection and random controls (NumPy).
 
-Inputs are already reduced in the graph: ``counts[l, i, k]`` is the number of tokens of sequence ``i``
-whose top-k set at MoE layer ``l`` contains expert ``k``; ``lengths[i]`` is its number of real tokens.
+Activation rates r[l, k] (``routing.stats.activation_rate``) come from top-k counts reduced in the graph.
 Selections are sorted lists of ``(moe_layer, expert)`` pairs, the form ``routing.steering`` accepts.
 """
 from __future__ import annotations
@@ -10,25 +9,14 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from routing.window import Window, layer_list
+
 Pair = tuple[int, int]
 
 
 class Overlap(NamedTuple):
     intersection: int
     jaccard: float
-
-
-def activation_rate(counts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """r[l, k] = mean over sequences of counts[l, i, k] / lengths[i], in [0, 1]; shape [L, E]."""
-    c = np.asarray(counts, np.float64)
-    n = np.asarray(lengths, np.float64)
-    if c.ndim != 3 or n.shape != (c.shape[1],) or c.shape[1] == 0:
-        raise ValueError(f"need counts [L, N, E] and lengths [N] with N > 0, got {c.shape} and {n.shape}")
-    if not (n > 0).all():
-        raise ValueError(f"every sequence needs a positive length; got min {n.min()}")
-    if (c < 0).any() or (c > n[None, :, None]).any():
-        raise ValueError("counts must lie in [0, length of their sequence]")
-    return (c / n[None, :, None]).mean(axis=1)
 
 
 def specialization(rate_domain: np.ndarray, rate_generic: np.ndarray) -> np.ndarray:
@@ -41,10 +29,10 @@ def specialization(rate_domain: np.ndarray, rate_generic: np.ndarray) -> np.ndar
     return d - g
 
 
-def _layers(layers: Iterable[int] | None, num_layers: int) -> list[int]:
+def _layers(layers: Window | Iterable[int] | None, num_layers: int) -> list[int]:
     if layers is None:
         return list(range(num_layers))
-    out = sorted({int(layer) for layer in layers})
+    out = sorted({int(layer) for layer in layer_list(layers)})
     bad = [layer for layer in out if not 0 <= layer < num_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range [0, {num_layers})")
@@ -55,9 +43,10 @@ def select_experts(
     delta: np.ndarray,
     tau: float | None = None,
     top_n: int | None = None,
-    layers: Iterable[int] | None = None,
+    layers: Window | Iterable[int] | None = None,
 ) -> list[Pair]:
-    """Experts within ``layers`` (default: all) with Delta > tau, or the ``top_n`` largest Delta.
+    """Experts within ``layers`` (a window or MoE layers; default: all) with Delta > tau, or the ``top_n``
+    largest Delta.
 
     Give exactly one of ``tau`` (in [-1, 1)) and ``top_n`` (>= 1, counted over the whole window, ties
     broken by (layer, expert) order). Returns a sorted list of (layer, expert); an empty list when no

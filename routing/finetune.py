@@ -2,8 +2,8 @@
 
 A finetuning batch holds parallel pairs: rows [0, n) are reference-language sequences (e.g. base/English),
 rows [n, 2n) their translations, row n + i aligned with row i. For each pair and each chosen MoE layer l,
-q is the sequence's expert distribution (mean over its real tokens of softmax over all E raw router logits,
-as in the analysis). The alignment loss is
+q is the sequence's expert distribution (``routing.stats.sequence_distributions``: mean over its real tokens
+of softmax over all E raw router logits, as in the analysis). The alignment loss is
 
     A = mean over chosen layers l and pairs i of  div(stop_gradient(q_ref[l, i]), q_lang[l, i])
 
@@ -26,6 +26,7 @@ import optax
 from moe.model import MoeOutput, MoeTransformer
 from moe.train import Batch, ExtraLoss, LossWeights, fit, init_state, make_train_step, masked_optimizer, router_only
 from routing.divergence import entropy_normalized_jsd, jsd
+from routing.stats import sequence_distributions
 
 DIVERGENCES = ("jsd", "kl", "normalized_jsd")
 
@@ -45,13 +46,6 @@ class FinetuneSettings:
             raise ValueError(f"divergence {self.divergence!r} not in {DIVERGENCES}")
         if not self.layers:
             raise ValueError("give at least one MoE layer to align")
-
-
-def sequence_distributions(router_logits: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """q [L, B, E]: mean over real tokens of softmax(raw logits) (zeros for a row without real tokens)."""
-    real = attention_mask.astype(jnp.float32)
-    probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)
-    return jnp.einsum("lbse,bs->lbe", probs, real) / jnp.maximum(jnp.sum(real, axis=-1), 1.0)[None, :, None]
 
 
 def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:

@@ -1,10 +1,11 @@
-"""Evaluation maths in plain NumPy: answer extraction, accuracy, intervals, paired tests, correlations."""
+"""Evaluation maths in plain NumPy: answer extraction, intervals, paired tests, correlations."""
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from statistics import NormalDist
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -64,11 +65,6 @@ def _paired(base: Sequence, steer: Sequence) -> tuple[np.ndarray, np.ndarray]:
     if b.shape != s.shape:
         raise ValueError(f"base and steer must score the same items: {b.shape} vs {s.shape}")
     return b, s
-
-
-def accuracy(correct: Sequence) -> float:
-    """Fraction of correct items."""
-    return float(_binary(correct, "correct").mean())
 
 
 def wilson_interval(k: int, n: int, conf: float = 0.95) -> Interval:
@@ -209,6 +205,36 @@ def bootstrap_correlation_ci(x: Sequence[float], y: Sequence[float], *, rank: bo
     alpha = (1 - conf) / 2
     low, high = np.quantile(r, [alpha, 1 - alpha])
     return Interval(estimate, float(low), float(high)), int(n_boot - r.size)
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def correlate(divergence: Mapping[str, float], accuracy: Mapping[str, float], *, n_boot: int = 10_000,
+              seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
+    """Pearson and Spearman correlation over the languages present in both mappings (e.g. middle-layer
+    divergence and accuracy): each with its two-sided p-value (t test, n - 2 degrees of freedom) and a
+    percentile bootstrap interval over languages (`bootstrap_correlation_ci`).
+
+    Needs at least three languages; NaN (a constant input) is reported as None.
+    """
+    languages = [lang for lang in divergence if lang in accuracy]
+    if len(languages) < 3:
+        raise ValueError(f"a correlation needs >= 3 languages with both divergence and accuracy, got {languages}")
+    x = [divergence[lang] for lang in languages]
+    y = [accuracy[lang] for lang in languages]
+    r, p = pearson(x, y)
+    rho, p_rho = spearman(x, y)
+    r_ci, r_dropped = bootstrap_correlation_ci(x, y, n_boot=n_boot, seed=seed, conf=conf)
+    rho_ci, rho_dropped = bootstrap_correlation_ci(x, y, rank=True, n_boot=n_boot, seed=seed, conf=conf)
+    return {"languages": languages, "n": len(languages), "pearson_r": _finite(r), "pearson_p": _finite(p),
+            "pearson_ci": [_finite(r_ci.low), _finite(r_ci.high)],
+            "spearman_rho": _finite(rho), "spearman_p": _finite(p_rho),
+            "spearman_ci": [_finite(rho_ci.low), _finite(rho_ci.high)],
+            "bootstrap": {"resamples": n_boot, "confidence": conf, "seed": seed, "unit": "language",
+                          "dropped_constant": {"pearson": r_dropped, "spearman": rho_dropped}},
+            "divergence": dict(zip(languages, x)), "accuracy": dict(zip(languages, y))}
 
 
 def choose_option(option_logprobs: Sequence[Sequence[float]], length_normalized: bool = False) -> int:

@@ -1,10 +1,13 @@
 """Per-sequence routing statistics reduced inside the jitted graph, with padding masked out.
 
 `sequence_statistics` turns router logits [moe_layers, batch, seq, experts] into O(layers x batch x
-experts) summaries, so large corpora never hold per-token routing on the host. `RoutingTotals`
-sums those summaries over batches on the host for corpus-level means.
+experts) summaries, so large corpora never hold per-token routing on the host. `CorpusRouting` keeps those
+summaries for every sequence of a corpus on the host; `activation_rate` is the paper's r_k.
 """
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Hashable
 from functools import partial
 
 import flax.struct
@@ -66,6 +69,15 @@ def sample_token_pairs(
     )
 
 
+def sequence_distributions(router_logits: ArrayLike, mask: ArrayLike) -> jnp.ndarray:
+    """q [L, B, E]: per sequence, the mean over its real tokens of softmax(raw logits) over all experts, in
+    float32 (all zeros for a sequence without real tokens). Differentiable in the logits."""
+    probs = jax.nn.softmax(jnp.asarray(router_logits, jnp.float32), axis=-1)
+    real = jnp.asarray(mask).astype(bool)
+    sums = jnp.einsum("lbse,bs->lbe", probs, real.astype(jnp.float32))
+    return sums / jnp.maximum(real.sum(axis=-1, dtype=jnp.int32), 1)[None, :, None]
+
+
 @partial(jax.jit, static_argnames=("top_k", "num_pairs"))
 def sequence_statistics(
     router_logits: ArrayLike,
@@ -92,9 +104,7 @@ def sequence_statistics(
     key = jax.random.PRNGKey(0) if key is None else key
 
     lengths = real.sum(axis=-1, dtype=jnp.int32)
-    weights = real.astype(jnp.float32)
-    prob_sums = jnp.einsum("lbse,bs->lbe", jax.nn.softmax(logits, axis=-1), weights)
-    q = prob_sums / jnp.maximum(lengths, 1)[None, :, None]
+    q = sequence_distributions(logits, real)
 
     chosen = top_k_multi_hot(logits, top_k)
     counts = jnp.sum(chosen & real[None, :, :, None], axis=2, dtype=jnp.int32)
@@ -112,66 +122,52 @@ def sequence_statistics(
     )
 
 
-def activation_rate(counts: ArrayLike, lengths: ArrayLike) -> jnp.ndarray:
-    """a_{i,k} / L_i: share of each sequence's real tokens routed to each expert, [L, B, E] in [0, 1].
+def activation_rate(counts: ArrayLike, lengths: ArrayLike) -> np.ndarray:
+    """r[l, k]: mean over sequences of counts[l, i, k] / lengths[i] (the paper's r_k), float64 [L, E] in [0, 1].
 
-    NaN for sequences without real tokens (0 / 0), so they cannot silently drag means down.
+    ``counts`` [L, N, E] are top-k counts and ``lengths`` [N] real tokens (`SequenceStats`). Sequences without
+    real tokens are left out. ValueError for other shapes, counts outside [0, length], or no sequence with
+    real tokens.
     """
-    counts = jnp.asarray(counts, jnp.float32)
-    lengths = jnp.asarray(lengths, jnp.float32)
-    return counts / lengths[None, :, None]
+    c = np.asarray(counts, np.float64)
+    n = np.asarray(lengths, np.float64)
+    if c.ndim != 3 or n.shape != (c.shape[1],):
+        raise ValueError(f"need counts [L, N, E] and lengths [N], got {c.shape} and {n.shape}")
+    if (n < 0).any() or (c < 0).any() or (c > n[None, :, None]).any():
+        raise ValueError("counts must lie in [0, length of their sequence] and lengths must be >= 0")
+    real = n > 0
+    if not real.any():
+        raise ValueError(f"no sequence with real tokens among {n.size}: no activation rate")
+    return (c[:, real] / n[real][None, :, None]).mean(axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class RoutingTotals:
-    """Host-side sums of `SequenceStats` over batches (float64), O(layers x experts).
+@dataclasses.dataclass
+class CorpusRouting:
+    """Per-sequence routing summaries of one corpus (e.g. one language), on the host. N = sequences, L = MoE
+    layers; the fields are those of `SequenceStats`, one row per sequence."""
 
-    Sequences without real tokens are left out; consistency sums only sequences with >= 2 tokens.
-    """
-
-    num_sequences: int
-    rate_sum: np.ndarray  # [L, E], sum of per-sequence activation rates
-    entropy_sum: np.ndarray  # [L]
-    consistency_sum: np.ndarray  # [L]
-    consistency_count: np.ndarray  # [L]
-
-    @classmethod
-    def from_stats(cls, stats: SequenceStats) -> "RoutingTotals":
-        """Totals of one batch."""
-        lengths = np.asarray(stats.lengths)
-        keep = lengths > 0
-        rates = np.asarray(stats.counts, np.float64)[:, keep] / lengths[keep][None, :, None]
-        consistency = np.asarray(stats.consistency, np.float64)[:, keep]
-        defined = ~np.isnan(consistency)
-        return cls(
-            num_sequences=int(keep.sum()),
-            rate_sum=rates.sum(axis=1),
-            entropy_sum=np.asarray(stats.entropy, np.float64)[:, keep].sum(axis=1),
-            consistency_sum=np.where(defined, consistency, 0.0).sum(axis=1),
-            consistency_count=defined.sum(axis=1),
-        )
-
-    def merge(self, other: "RoutingTotals") -> "RoutingTotals":
-        """Totals of both sets of sequences."""
-        return RoutingTotals(
-            num_sequences=self.num_sequences + other.num_sequences,
-            rate_sum=self.rate_sum + other.rate_sum,
-            entropy_sum=self.entropy_sum + other.entropy_sum,
-            consistency_sum=self.consistency_sum + other.consistency_sum,
-            consistency_count=self.consistency_count + other.consistency_count,
-        )
+    keys: list[Hashable]  # alignment key of each sequence
+    q: np.ndarray  # [L, N, E] expert distribution of each sequence
+    counts: np.ndarray  # [L, N, E] top-k activation counts
+    lengths: np.ndarray  # [N] real tokens
+    entropy: np.ndarray  # [L, N]
+    consistency: np.ndarray  # [L, N] (NaN for sequences shorter than 2 tokens)
 
     @property
     def activation_rate(self) -> np.ndarray:
-        """r_k: mean over sequences of a_{i,k} / L_i, [L, E]."""
-        return self.rate_sum / self.num_sequences
+        """[L, E] mean over sequences of counts / length (`activation_rate`)."""
+        return activation_rate(self.counts, self.lengths)
 
-    @property
-    def entropy(self) -> np.ndarray:
-        """Routing entropy: mean over sequences of H(q_i), [L]."""
-        return self.entropy_sum / self.num_sequences
+    def aligned(self, keys: list[Hashable]) -> CorpusRouting:
+        """The rows for the given keys, in that order (KeyError naming a missing key)."""
+        where = {k: i for i, k in enumerate(self.keys)}
+        missing = [k for k in keys if k not in where]
+        if missing:
+            raise KeyError(f"{len(missing)} alignment key(s) missing, e.g. {missing[:3]}")
+        idx = np.array([where[k] for k in keys], dtype=int)
+        return CorpusRouting(list(keys), self.q[:, idx], self.counts[:, idx], self.lengths[idx],
+                             self.entropy[:, idx], self.consistency[:, idx])
 
-    @property
-    def consistency(self) -> np.ndarray:
-        """Mean token-to-token consistency over sequences with >= 2 real tokens, [L]."""
-        return self.consistency_sum / self.consistency_count
+    def summary(self) -> dict[str, np.ndarray]:
+        """Per-layer means: routing entropy and token-to-token consistency."""
+        return {"entropy": self.entropy.mean(axis=1), "consistency": np.nanmean(self.consistency, axis=1)}

@@ -33,9 +33,14 @@ Strengths and offsets must be finite in float32 (``1e39`` is not: it becomes inf
 logits); the constructors raise ValueError otherwise, for Python numbers and concrete arrays alike (traced
 values, e.g. under ``jax.vmap``, cannot be checked). Every edit declares ``num_moe_layers``; the model
 refuses an edit built for another number of MoE layers.
+
+The constructors (``empty``, ``soft``, ``force_on``, ``force_off``, ``selection_mask``) take the model's shape
+as ``num_moe_layers, num_experts`` or as one ``ModelConfig`` or model in their place:
+``soft(model.config, {8: [3, 17]}, lam=0.5)``. Layers may be given as a ``routing.window.Window``.
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any, Callable, Iterable, Mapping, Union
@@ -44,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from routing.window import Window, layer_list
 
 DEFAULT_EPS = 0.01
 PAPER_EPS = {"eps": 0.0, "eps_std": 1e-6}  # eps ~ N(0, 1e-6) per token and expert
@@ -222,15 +229,30 @@ def _key_data(key: int | jax.Array) -> jax.Array:
     return jnp.asarray(key, jnp.uint32)
 
 
-def _layer_mask(layers: Iterable[int], num_moe_layers: int) -> np.ndarray:
+def _layer_mask(layers: Window | Iterable[int], num_moe_layers: int) -> np.ndarray:
     mask = np.zeros(num_moe_layers, bool)
-    for layer in layers:
+    for layer in layer_list(layers):
         mask[_index(layer, "layer", num_moe_layers)] = True
     return mask
 
 
+def _model_shape(constructor: Callable) -> Callable:
+    """Let ``constructor(num_moe_layers, num_experts, ...)`` also be called as ``constructor(shape, ...)`` with a
+    ModelConfig, or a model (anything with a ``config``), as ``shape``."""
+
+    @functools.wraps(constructor)
+    def build(first: Any, *args: Any, **kwargs: Any) -> Any:
+        config = getattr(first, "config", first)
+        if hasattr(config, "num_moe_layers") and hasattr(config, "num_experts"):
+            return constructor(config.num_moe_layers, config.num_experts, *args, **kwargs)
+        return constructor(first, *args, **kwargs)
+
+    return build
+
+
+@_model_shape
 def selection_mask(
-    num_moe_layers: int, num_experts: int, selection: Selection, layers: Iterable[int] | None = None
+    num_moe_layers: int, num_experts: int, selection: Selection, layers: Window | Iterable[int] | None = None
 ) -> np.ndarray:
     """0/1 float32 mask [moe_layers, experts] of ``selection`` (pairs or ``{layer: experts}``).
 
@@ -251,10 +273,10 @@ def selection_mask(
     if not mask.any():
         raise ValueError("empty selection: give at least one (moe_layer, expert) pair")
     if layers is not None:
-        window = _layer_mask(layers, num_moe_layers)
-        mask[~window] = 0.0
+        inside = _layer_mask(layers, num_moe_layers)
+        mask[~inside] = 0.0
         if not mask.any():
-            raise ValueError(f"no selected expert lies in layers {sorted(np.flatnonzero(window).tolist())}")
+            raise ValueError(f"no selected expert lies in layers {sorted(np.flatnonzero(inside).tolist())}")
     return mask
 
 
@@ -270,6 +292,7 @@ def _edit(strength: Any, on: Any, off: Any, eps: Any, eps_std: Any = 0.0, key: i
     )
 
 
+@_model_shape
 def empty(num_moe_layers: int, num_experts: int, eps: float = DEFAULT_EPS) -> RoutingEdit:
     """The neutral edit (returns logits bit-identical)."""
     _check_sizes(num_moe_layers, num_experts)
@@ -277,14 +300,9 @@ def empty(num_moe_layers: int, num_experts: int, eps: float = DEFAULT_EPS) -> Ro
     return _edit(zeros, zeros, zeros, eps)
 
 
-def soft(
-    num_moe_layers: int,
-    num_experts: int,
-    selection: Selection,
-    lam: float | jax.Array,
-    layers: Iterable[int] | None = None,
-    eps: float = DEFAULT_EPS,
-) -> RoutingEdit:
+@_model_shape
+def soft(num_moe_layers: int, num_experts: int, selection: Selection, lam: float | jax.Array,
+         layers: Window | Iterable[int] | None = None, eps: float = DEFAULT_EPS) -> RoutingEdit:
     """Soft steering ``z_k += lam * std(z)`` of the selected experts (lam < 0 demotes).
 
     ``lam`` may be a (traced) scalar array, so ``jax.vmap`` over it works; the strength is
@@ -296,39 +314,25 @@ def soft(
     return _edit(lam * mask, zeros, zeros, eps)
 
 
-def force_on(
-    num_moe_layers: int,
-    num_experts: int,
-    selection: Selection,
-    layers: Iterable[int] | None = None,
-    eps: float = DEFAULT_EPS,
-    eps_std: float = 0.0,
-    key: int | jax.Array = 0,
-) -> RoutingEdit:
+@_model_shape
+def force_on(num_moe_layers: int, num_experts: int, selection: Selection, layers: Window | Iterable[int] | None = None,
+             eps: float = DEFAULT_EPS, eps_std: float = 0.0, key: int | jax.Array = 0) -> RoutingEdit:
     """Hard steering: selected experts get ``max(z) + eps + eps_std * n``, n ~ N(0, 1) per token and expert
     drawn from ``key`` (a seed or a PRNG key); see the module docstring."""
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
-    zeros = np.zeros_like(mask)
-    return _edit(zeros, mask, zeros, eps, eps_std, key)
+    return _edit(np.zeros_like(mask), mask, np.zeros_like(mask), eps, eps_std, key)
 
 
-def force_off(
-    num_moe_layers: int,
-    num_experts: int,
-    selection: Selection,
-    layers: Iterable[int] | None = None,
-    eps: float = DEFAULT_EPS,
-    eps_std: float = 0.0,
-    key: int | jax.Array = 0,
-) -> RoutingEdit:
+@_model_shape
+def force_off(num_moe_layers: int, num_experts: int, selection: Selection, layers: Window | Iterable[int] | None = None,
+              eps: float = DEFAULT_EPS, eps_std: float = 0.0, key: int | jax.Array = 0) -> RoutingEdit:
     """Hard deactivation: selected experts get ``min(z) - (eps + eps_std * n)`` (as in ``force_on``)."""
     mask = selection_mask(num_moe_layers, num_experts, selection, layers)
-    zeros = np.zeros_like(mask)
-    return _edit(zeros, zeros, mask, eps, eps_std, key)
+    return _edit(np.zeros_like(mask), np.zeros_like(mask), mask, eps, eps_std, key)
 
 
-def window(edit: RoutingEdit, layers: Iterable[int]) -> RoutingEdit:
-    """``edit`` restricted to the MoE layers in ``layers`` (the result may be empty)."""
+def window(edit: RoutingEdit, layers: Window | Iterable[int]) -> RoutingEdit:
+    """``edit`` restricted to the MoE layers in ``layers`` (a window or layers; the result may be empty)."""
     keep = jnp.asarray(_layer_mask(layers, edit.num_moe_layers))[:, None]
     return edit.replace(
         strength=jnp.where(keep, edit.strength, jnp.zeros_like(edit.strength)),

@@ -6,24 +6,20 @@ atomically) and must be neither the source folder nor inside it nor around it.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
-
 from moe.convert import convert_checkpoint
-from routing.cli import user_errors
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from routing.pipelines.cli import new_parser, user_errors
+from routing.pipelines.models import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("hf_dir", help="HF checkpoint folder (config.json + *.safetensors) or hub id")
     parser.add_argument("out_dir", type=Path, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="parameter dtype (default: float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     start = time.perf_counter()

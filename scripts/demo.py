@@ -8,19 +8,18 @@ No downloads; seeded and reproducible.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
-from routing.cli import user_errors
-from routing.demo import QUICK, DemoSettings, check_report_folder, run_demo
-from routing.cache import default_cache_dir
-from routing.report import parse_window
+from routing.organism.demo import QUICK, DemoSettings, check_report_folder, run_demo
+from routing.outputs.cache import default_cache_dir
+from routing.pipelines.cli import add_flags, new_parser, user_errors
+from routing.window import Window
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default: runs/demo)")
     parser.add_argument("--quick", action="store_true",
                         help="a much smaller organism and run (a smoke test, about 1 min)")
@@ -30,23 +29,24 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default: $MOE_ROUTING_CACHE or {default_cache_dir()})")
     parser.add_argument("--window", default=None, help="middle window FIRST:LAST (MoE layers, 0-indexed, inclusive); "
                                                        "default: the valley of the measured divergence curve")
-    parser.add_argument("--lam", type=float, default=None, help="soft steering strength (default 0.5)")
+    parser.add_argument("--lam", type=float, default=None,
+                        help=f"soft steering strength (default {DemoSettings.lam})")
     parser.add_argument("--no-finetune", action="store_true", help="skip routing-aware finetuning")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_flags(parser, run_demo, "progress")
     args = parser.parse_args(argv)
 
     settings = QUICK if args.quick else DemoSettings()
     changes = {"organism": dataclasses.replace(settings.organism, seed=args.seed)}
     with user_errors(parser):
         if args.window is not None:
-            changes["window"] = parse_window(args.window, settings.organism.num_layers)
+            changes["window"] = Window.parse(args.window).check(settings.organism.num_layers)
         if args.lam is not None:
             changes["lam"] = args.lam
         if args.no_finetune:
             changes["finetune_steps"] = 0
         settings = dataclasses.replace(settings, **changes)
         check_report_folder(args.out, args.cache)
-    run_demo(args.out, settings, args.cache, progress=not args.no_progress)
+    run_demo(args.out, settings, args.cache, progress=args.progress)
     return 0
 
 

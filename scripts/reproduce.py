@@ -8,54 +8,47 @@ steer_eval.py) and summary.json (pooled accuracies next to the paper's numbers).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from routing.cli import user_errors
-from routing.recipes import load_recipe, reproduce
+from routing.pipelines.cli import add_flags, add_overrides, new_parser, user_errors
+from routing.pipelines.reproduce import load_recipe, reproduce
+
+EVAL = ("limit", "max_new_tokens", "batch_size", "chat_date", "reasoning_effort")  # EvalSettings overrides
+SEARCH = ("num_samples", "max_passages")  # ExpertSettings overrides
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = new_parser(__doc__)
     parser.add_argument("recipe", type=Path, help="recipe JSON file")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--data-dir", type=Path, help="folder laid out like shared/data (default: download)")
-    parser.add_argument("--tfds-dir", type=Path, help="where TFDS keeps prepared data (default: its own)")
-    parser.add_argument("--model", help="model folder or hub id replacing the recipe's")
-    parser.add_argument("--plain", action="store_true", help="plain prompts instead of the chat template")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="replaces the recipe's dtype")
-    parser.add_argument("--limit", type=int, help="items per language")
-    parser.add_argument("--max-new-tokens", type=int, help="mgsm: tokens generated")
-    parser.add_argument("--chat-date", help="the date chat templates see, YYYY-MM-DD (replaces the recipe's)")
-    parser.add_argument("--reasoning-effort", help="passed to the chat template (replaces the recipe's)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
-    parser.add_argument("--num-samples", type=int, help="task samples for the expert search")
-    parser.add_argument("--max-passages", type=int, help="FLORES passages per language (experts, divergence)")
+    add_flags(parser, reproduce, "out_dir", "source_dir", "tfds_dir",
+              source_dir="folder laid out like shared/data (default: download)")
+    add_overrides(parser, "model", "dtype", *EVAL, *SEARCH, batch_size="evaluation batch size",
+                  num_samples="task samples for the expert search",
+                  max_passages="FLORES passages per language (experts, divergence)")
+    parser.add_argument("--plain", dest="chat", action="store_const", const=False,
+                        help="plain prompts instead of the chat template (replaces the recipe's)")
     return parser
 
 
-def _given(**options: object) -> dict[str, object]:
-    return {key: value for key, value in options.items() if value is not None}
+def _given(args, names: tuple[str, ...]) -> dict[str, object]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with user_errors(parser):
-        recipe = load_recipe(args.recipe, model=args.model, dtype=args.dtype, chat=False if args.plain else None)
-        summary = reproduce(recipe, args.out, source_dir=args.data_dir, tfds_dir=args.tfds_dir,
-                            eval_overrides=_given(limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                                  batch_size=args.batch_size, chat_date=args.chat_date,
-                                                  reasoning_effort=args.reasoning_effort),
-                            search_overrides=_given(num_samples=args.num_samples, max_passages=args.max_passages))
+        recipe = load_recipe(args.recipe, model=args.model, dtype=args.dtype, chat=args.chat)
+        summary = reproduce(recipe, args.out_dir, source_dir=args.source_dir, tfds_dir=args.tfds_dir,
+                            eval_overrides=_given(args, EVAL), search_overrides=_given(args, SEARCH))
     steered, paper = summary["steered"], summary["paper"]
     print(f"{recipe.name}: {summary['experts_found']} experts (paper {summary['experts_paper']}); accuracy "
           f"{100 * steered['base_accuracy']:.1f} -> {100 * steered['steer_accuracy']:.1f} "
           f"(paper {paper.get('baseline')} -> {paper.get('steered')})")
     for control, row in summary["controls"].items():
         print(f"  control {control}: {100 * row['base_accuracy']:.1f} -> {100 * row['steer_accuracy']:.1f}")
-    print(f"wrote {args.out / 'summary.json'}")
+    print(f"wrote {args.out_dir / 'summary.json'}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Data sets as TFDS builders (array_record, read with ``as_data_source``, no TensorFlow) and tokenization.
+"""Data sets as TFDS builders (array_record, read with ``as_data_source``, no TensorFlow), language codes and
+tokenization.
 
     from routing.data import Flores200, read_records, load_tokenizer, tokenize_records, length_buckets
     builder = Flores200(languages=["eng_Latn", "arb_Arab"], source_dir="../shared/data", data_dir="/tmp/tfds")
@@ -6,14 +7,18 @@
     passages = read_records(builder, "devtest")
     batches = tokenize_records(load_tokenizer(path), passages, chat=True, batch_size=8,
                                buckets=length_buckets(1024), key=("passage_id", "language"))
+
+``load_passages`` does the first three steps for FLORES passages, keyed and sorted by passage id.
 """
 from routing.data.belebele import Belebele, belebele_languages
-from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, encode_conversations, render_chats
-from routing.data.flores import Flores200, Flores200Config, flores_config
+from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, render_chats
+from routing.data.flores import Flores200, Flores200Config, flores_config, load_passages
 from routing.data.languages import (
     FLORES_200_LANGUAGES,
     PAPER_LANGUAGES,
+    REFERENCE,
     flores_code,
+    flores_language,
     flores_languages,
     validate_flores_languages,
 )
@@ -23,6 +28,7 @@ from routing.data.source import SourceBuilder, read_records
 from routing.data.tokenize import (
     TokenBatch,
     bucket_batches,
+    encode_conversations,
     encode_texts,
     length_buckets,
     load_tokenizer,
@@ -32,7 +38,7 @@ from routing.data.tokenize import (
 __all__ = [
     "Belebele", "belebele_languages", "ChatVariables", "DEFAULT_CHAT_DATE", "encode_conversations", "render_chats",
     "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
-    "Mgsm", "PAPER_LANGUAGES", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts", "flores_code",
-    "flores_config", "flores_languages", "length_buckets", "load_tokenizer", "parse_number", "read_records",
-    "tokenize_records", "validate_flores_languages",
+    "Mgsm", "PAPER_LANGUAGES", "REFERENCE", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts",
+    "flores_code", "flores_config", "flores_language", "flores_languages", "length_buckets", "load_passages",
+    "load_tokenizer", "parse_number", "read_records", "tokenize_records", "validate_flores_languages",
 ]

@@ -52,13 +52,13 @@ class Belebele(SourceBuilder):
     """
 
     name = "belebele_mcqa"
+    DESCRIPTION = "BELEBELE multiple choice, aligned across languages by id."
+    HOMEPAGE = "https://github.com/facebookresearch/belebele"
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
-        features = {"id": np.int32, "language": text, "passage": text, "question": text,
-                    "choices": tfds.features.Sequence(text, length=4), "label": np.int32}
-        return self._make_info(features, "BELEBELE multiple choice, aligned across languages by id.",
-                               "https://github.com/facebookresearch/belebele")
+        return {"id": np.int32, "language": text, "passage": text, "question": text,
+                "choices": tfds.features.Sequence(text, length=4), "label": np.int32}
 
     def source_files(self, config: None) -> list[str]:
         """Each language's test file, then the few-shot files in the same order."""
@@ -66,7 +66,7 @@ class Belebele(SourceBuilder):
         return test + [rel.removesuffix(".jsonl") + ".examples.jsonl" for rel in test]
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        paths = self._locate(dl_manager)
         fewshot = {rel: path for rel, path in paths.items() if rel.endswith(".examples.jsonl")}
         return {"test": self._generate_examples([path for rel, path in paths.items() if rel not in fewshot]),
                 "fewshot": self._generate_examples(list(fewshot.values()))}

@@ -1,4 +1,5 @@
-"""Conversations through a model's chat template, rendered the same way on any day.
+"""Conversations through a model's chat template, rendered the same way on any day (``routing.data.tokenize``
+turns them into token ids).
 
 Every chat prompt of the package is rendered here, with the template's variables fixed by
 ``ChatVariables``: thinking off (``enable_thinking=False``, ignored by templates without it), an
@@ -68,13 +69,3 @@ def render_chats(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Seq
                                           chat_template=template, tokenize=False,
                                           add_generation_prompt=add_generation_prompt, **extra)
             for turns in conversations]
-
-
-def encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Turn]], *,
-                         add_generation_prompt: bool, chat_template: str | None = None,
-                         variables: ChatVariables = ChatVariables()) -> list[list[int]]:
-    """Token ids of each conversation (see ``render_chats``), tokenized without adding special tokens,
-    since the template writes its own."""
-    rendered = render_chats(tokenizer, conversations, add_generation_prompt=add_generation_prompt,
-                            chat_template=chat_template, variables=variables)
-    return [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from routing.data.languages import PAPER_LANGUAGES, flores_languages, validate_flores_languages
-from routing.data.source import SourceBuilder, read_lines
+from routing.data.source import SourceBuilder, read_lines, read_records
 
 FLORES_URL = "https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz"
 METADATA = "flores200/metadata_devtest.tsv"
@@ -68,6 +68,8 @@ class Flores200(SourceBuilder):
     """
 
     name = "flores200_devtest"
+    DESCRIPTION = "FLORES-200 devtest, aligned across languages."
+    HOMEPAGE = "https://github.com/facebookresearch/flores/tree/main/flores200"
     BUILDER_CONFIGS = [
         Flores200Config(name=f"{unit}_{label}", unit=unit, languages=languages,
                         description=f"FLORES-200 devtest {unit}, {label} languages")
@@ -101,19 +103,14 @@ class Flores200(SourceBuilder):
     def source_files(self, config: Flores200Config) -> list[str]:
         return [METADATA, *(f"flores200/devtest/{code}.devtest" for code in self._languages(config))]
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
         if self.builder_config.unit == "passages":
-            features = {"passage_id": np.int32, "url": text, "language": text, "text": text,
-                        "num_sentences": np.int32}
-        else:
-            features = {"sentence_id": np.int32, "passage_id": np.int32, "url": text, "language": text,
-                        "text": text}
-        return self._make_info(features, "FLORES-200 devtest, aligned across languages.",
-                               "https://github.com/facebookresearch/flores/tree/main/flores200")
+            return {"passage_id": np.int32, "url": text, "language": text, "text": text, "num_sentences": np.int32}
+        return {"sentence_id": np.int32, "passage_id": np.int32, "url": text, "language": text, "text": text}
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        paths = self._locate(dl_manager)
         return {"devtest": self._generate_examples(paths, self._languages(self.builder_config))}
 
     def _download(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
@@ -142,3 +139,15 @@ class Flores200(SourceBuilder):
                     yield f"{code}/{sentence_id}", {
                         "sentence_id": sentence_id, "passage_id": passage_of[sentence_id],
                         "url": urls[sentence_id], "language": code, "text": sentence}
+
+
+def load_passages(source_dir: str | Path | None, languages: Sequence[str], tfds_dir: str | Path | None = None,
+                  max_passages: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Passage records per language (the first ``max_passages`` by passage id), prepared through TFDS in
+    ``tfds_dir`` from ``source_dir`` (a folder like shared/data; None: downloaded from the FLORES source)."""
+    builder = Flores200(languages=languages, source_dir=source_dir, data_dir=tfds_dir)
+    builder.download_and_prepare()
+    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in languages}
+    for record in read_records(builder, "devtest"):
+        passages[record["language"]].append(record)
+    return {code: sorted(rows, key=lambda r: r["passage_id"])[:max_passages] for code, rows in passages.items()}

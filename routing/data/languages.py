@@ -1,4 +1,5 @@
-"""Language codes: the FLORES-200 code set, its validation, and the short codes data sets use in file names.
+"""Language codes: the FLORES-200 code set, its validation, the short codes data sets use in file names, and
+the reference language.
 
 Every record in this package names its language by a full FLORES-200 code (``arb_Arab``, ``arb_Latn``);
 3-letter keys would make ``arb_Arab`` and ``arb_Latn`` collide.
@@ -51,6 +52,9 @@ SHORT_CODES: dict[str, str] = {
 }
 """Short language codes found in the file names of BELEBELE, MGSM and the medical sets, to FLORES codes."""
 
+REFERENCE = "eng_Latn"
+"""The language every other is compared with: routing divergence, task experts, language experts."""
+
 
 def flores_languages(flores_dir: str | Path | None = None) -> tuple[str, ...]:
     """Sorted FLORES codes with a devtest file in ``flores_dir`` (a ``flores200`` folder); all 204 if None."""
@@ -95,3 +99,13 @@ def flores_code(short_code: str) -> str:
         close = difflib.get_close_matches(short_code, list(SHORT_CODES), n=5, cutoff=0.5)
         raise ValueError(f"unknown short language code {short_code!r}; known: {sorted(SHORT_CODES)}"
                          + (f" (close: {close})" if close else "")) from None
+
+
+def flores_language(code: str) -> str:
+    """A FLORES-200 code from a FLORES code or a short code (``"fr"`` -> ``"fra_Latn"``); ValueError naming
+    close matches otherwise."""
+    if code in FLORES_200_LANGUAGES:
+        return code
+    if code in SHORT_CODES:
+        return SHORT_CODES[code]
+    return validate_flores_languages([code])[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -40,19 +41,16 @@ class Gsm8k(SourceBuilder):
     """
 
     name = "gsm8k_math"
+    DESCRIPTION = "GSM8K grade-school math with worked solutions."
+    HOMEPAGE = "https://github.com/openai/grade-school-math"
     SOURCE_URLS = {f"gsm8k/{split}.jsonl": GSM8K_URL.format(split=split) for split in ("train", "test")}
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
-        return self._make_info({"id": np.int32, "question": text, "answer": text, "answer_number": np.float64},
-                               "GSM8K grade-school math with worked solutions.",
-                               "https://github.com/openai/grade-school-math")
-
-    def source_files(self, config: None) -> list[str]:
-        return list(self.SOURCE_URLS)
+        return {"id": np.int32, "question": text, "answer": text, "answer_number": np.float64}
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        paths = self._locate(dl_manager)
         return {split: self._generate_examples(paths[f"gsm8k/{split}.jsonl"]) for split in ("train", "test")}
 
     def _generate_examples(self, path: Path) -> Iterator[tuple[int, dict]]:
@@ -69,19 +67,16 @@ class Mgsm(SourceBuilder):
     """
 
     name = "mgsm_math"
+    DESCRIPTION = "MGSM: GSM8K test questions translated into 10 languages, row-aligned."
+    HOMEPAGE = "https://github.com/google-research/url-nlp/tree/main/mgsm"
     SOURCE_URLS = {f"mgsm/mgsm_{code}.tsv": MGSM_URL.format(code=code) for code in MGSM_CODES}
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
-        return self._make_info({"id": np.int32, "language": text, "question": text, "answer_number": np.float64},
-                               "MGSM: GSM8K test questions translated into 10 languages, row-aligned.",
-                               "https://github.com/google-research/url-nlp/tree/main/mgsm")
-
-    def source_files(self, config: None) -> list[str]:
-        return list(self.SOURCE_URLS)
+        return {"id": np.int32, "language": text, "question": text, "answer_number": np.float64}
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        paths = self._locate(dl_manager, self.source_files(self.builder_config))
+        paths = self._locate(dl_manager)
         return {"test": self._generate_examples([(code, paths[f"mgsm/mgsm_{code}.tsv"]) for code in MGSM_CODES])}
 
     def _generate_examples(self, files: Sequence[tuple[str, Path]]) -> Iterator[tuple[str, dict]]:

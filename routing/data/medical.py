@@ -84,19 +84,19 @@ class MedicalMcq(SourceBuilder):
     """
 
     name = "mmlu_medical_mcq"
+    DESCRIPTION = "MMLU medical multiple choice, aligned across languages by id."
+    HOMEPAGE = "https://github.com/FreedomIntelligence/Apollo"
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
-        features = {"id": np.int32, "language": text, "question": text,
-                    "choices": tfds.features.Sequence(text, length=4), "label": np.int32}
-        return self._make_info(features, "MMLU medical multiple choice, aligned across languages by id.",
-                               "https://github.com/FreedomIntelligence/Apollo")
+        return {"id": np.int32, "language": text, "question": text,
+                "choices": tfds.features.Sequence(text, length=4), "label": np.int32}
 
     def source_files(self, config: None) -> list[str]:
         return [ENGLISH_MCQ, *self._source_glob("medical", "mmlu_medical_*.json", allow_empty=True)]
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        return {"test": self._generate_examples(self._locate(dl_manager, self.source_files(self.builder_config)))}
+        return {"test": self._generate_examples(self._locate(dl_manager))}
 
     def _generate_examples(self, paths: dict[str, Path]) -> Iterator[tuple[str, dict]]:
         english = english_mcq(read_jsonl(paths[ENGLISH_MCQ]))
@@ -125,6 +125,8 @@ class MedInstruct(SourceBuilder):
     """
 
     name = "medinstruct"
+    DESCRIPTION = "AlpaCare MedInstruct-test medical instructions."
+    HOMEPAGE = "https://github.com/XZhang97666/AlpaCare"
     SOURCE_URLS = {MEDINSTRUCT: MEDINSTRUCT_URL}
     BUILDER_CONFIGS = [
         MedInstructConfig(name=model, answer_field=field, description=f"output = the {model} reference answer")
@@ -133,17 +135,12 @@ class MedInstruct(SourceBuilder):
                              ("text-davinci-003", "text-davinci-003-answer"))
     ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
+    def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
-        return self._make_info({"id": np.int32, "instruction": text, "input": text, "output": text},
-                               "AlpaCare MedInstruct-test medical instructions.",
-                               "https://github.com/XZhang97666/AlpaCare")
-
-    def source_files(self, config: MedInstructConfig) -> list[str]:
-        return [MEDINSTRUCT]
+        return {"id": np.int32, "instruction": text, "input": text, "output": text}
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        return {"test": self._generate_examples(self._locate(dl_manager, [MEDINSTRUCT])[MEDINSTRUCT])}
+        return {"test": self._generate_examples(self._locate(dl_manager)[MEDINSTRUCT])}
 
     def _generate_examples(self, path: Path) -> Iterator[tuple[int, dict]]:
         field = self.builder_config.answer_field

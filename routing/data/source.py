@@ -5,7 +5,7 @@ TensorFlow is not needed: TFDS writes array_record files with its NumPy example 
 ``read_records`` decodes them to ``str``.
 
 Prepared data is keyed by content: with a local ``source_dir`` the builder config's name (the prepared
-folder) ends in a digest of the bytes of every source file the config reads (``routing.cache.content_key``),
+folder) ends in a digest of the bytes of every source file the config reads (``routing.outputs.cache.content_key``),
 so a changed source file is prepared afresh instead of reusing stale records. Downloaded sources are keyed
 by their fixed public URLs (their content is not known before downloading).
 
@@ -29,7 +29,7 @@ from etils import epath
 
 from moe.atomic import check_output_folder
 from moe.network import offline_reason
-from routing.cache import content_key
+from routing.outputs.cache import content_key
 
 
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -38,8 +38,9 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     With ``source_dir`` the files are read from that folder; without it they are downloaded from
     ``SOURCE_URLS`` (relative path -> public URL) through TFDS's download manager, after a quick check
     that the server answers (`moe.network.offline_reason`). Builders whose data has no stable public URL
-    leave ``SOURCE_URLS`` empty and need ``source_dir``. Subclasses list the files a config reads in
-    ``source_files``. Prepared files go to ``data_dir`` (TFDS's own argument; checked to be a writable
+    leave ``SOURCE_URLS`` empty and need ``source_dir``. Subclasses whose files are not those of
+    ``SOURCE_URLS`` list the files a config reads in ``source_files``. Prepared files go to ``data_dir``
+    (TFDS's own argument; checked to be a writable
     folder before anything is read), keyed by the content of the local source files (module docstring);
     reading them back takes the same ``source_dir``, whose files are not read again while unchanged.
     Builders are not registered with TFDS by name (``tfds.builder``); construct the classes directly.
@@ -47,6 +48,8 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version("1.0.0")
     SOURCE_URLS: Mapping[str, str] = {}
+    DESCRIPTION = ""
+    HOMEPAGE = ""
 
     def __init_subclass__(cls, **kwargs: Any):
         kwargs.setdefault("skip_registration", True)
@@ -67,8 +70,9 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(config=config, **kwargs)
 
     def source_files(self, config: tfds.core.BuilderConfig | None) -> list[str]:
-        """The relative paths (in a folder like ``shared/data``) that ``config`` reads."""
-        raise NotImplementedError
+        """The relative paths (in a folder like ``shared/data``) that ``config`` reads: by default, those of
+        ``SOURCE_URLS``."""
+        return list(self.SOURCE_URLS)
 
     def _config_object(self, config: str | tfds.core.BuilderConfig | None) -> tfds.core.BuilderConfig | None:
         """The config a name (or None: the default) stands for."""
@@ -78,16 +82,20 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"unknown config {config!r}; known: {sorted(self.builder_configs)}")
         return self.builder_configs[config]
 
-    def _make_info(self, features: dict[str, Any], description: str, homepage: str) -> tfds.core.DatasetInfo:
-        """DatasetInfo that keeps generation order (so row index order is the source's order)."""
-        return tfds.core.DatasetInfo(
-            builder=self, description=description, features=tfds.features.FeaturesDict(features),
-            homepage=homepage, disable_shuffling=True,
-        )
+    def _features(self) -> dict[str, Any]:
+        """The fields of a record and their TFDS features."""
+        raise NotImplementedError
 
-    def _locate(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
-        """Local paths of ``relpaths`` (downloaded without ``source_dir``); FileNotFoundError naming the first
-        one missing."""
+    def _info(self) -> tfds.core.DatasetInfo:
+        """DatasetInfo (``DESCRIPTION``, ``HOMEPAGE``, ``_features``) that keeps generation order (so row index
+        order is the source's order)."""
+        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, homepage=self.HOMEPAGE,
+                                     features=tfds.features.FeaturesDict(self._features()), disable_shuffling=True)
+
+    def _locate(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Path]:
+        """Local paths of the config's ``source_files`` (downloaded without ``source_dir``); FileNotFoundError
+        naming the first one missing."""
+        relpaths = self.source_files(self.builder_config)
         if self.source_dir is not None:
             return self._local(relpaths)
         return self._found(self._download(dl_manager, relpaths))

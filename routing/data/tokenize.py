@@ -1,4 +1,5 @@
-"""Text to fixed-shape token batches: a model's tokenizer (chat template or plain text) and length buckets.
+"""Text to token ids and fixed-shape token batches: a model's tokenizer (chat template or plain text) and
+length buckets.
 
 Batches have one of a few sequence lengths (the buckets) and always ``batch_size`` rows, so a jitted
 consumer compiles once per bucket. Rows shorter than their bucket are padded (left by default, as
@@ -9,15 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from routing.data.chat import ChatVariables, encode_conversations
+from routing.data.chat import ChatVariables, Turn, render_chats
 
 PaddingSide = Literal["left", "right"]
 Truncation = Literal["error", "keep_start", "keep_end"]
+TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -25,6 +27,16 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if Path(path).is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(path))
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def encode_conversations(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[Turn]], *,
+                         add_generation_prompt: bool, chat_template: str | None = None,
+                         variables: ChatVariables = ChatVariables()) -> list[list[int]]:
+    """Token ids of each conversation rendered by the chat template (``routing.data.chat.render_chats``),
+    tokenized without adding special tokens, since the template writes its own."""
+    rendered = render_chats(tokenizer, conversations, add_generation_prompt=add_generation_prompt,
+                            chat_template=chat_template, variables=variables)
+    return [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
 def encode_texts(
@@ -38,10 +50,9 @@ def encode_texts(
 ) -> list[list[int]]:
     """Token ids of each text.
 
-    ``chat=True``: the text is one user turn rendered by the chat template (``chat_template`` or the
-    tokenizer's own) with the generation prompt appended (``routing.data.chat``: thinking off, a fixed
-    date); the rendered string is tokenized without adding special tokens, since the template writes its
-    own. ``chat=False``: plain text, with the tokenizer's special tokens if ``add_special_tokens``.
+    ``chat=True``: the text is one user turn of ``encode_conversations`` (the chat template, ``chat_template``
+    or the tokenizer's own, with the generation prompt appended; thinking off, a fixed date).
+    ``chat=False``: plain text, with the tokenizer's special tokens if ``add_special_tokens``.
     """
     if not chat:
         return list(tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"])
@@ -104,8 +115,8 @@ def bucket_batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if truncation not in ("error", "keep_start", "keep_end"):
-        raise ValueError(f"truncation must be 'error', 'keep_start' or 'keep_end', got {truncation!r}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
     lengths = sorted(set(buckets))
     if not lengths or lengths[0] < 1:
         raise ValueError(f"buckets must be positive lengths, got {buckets}")

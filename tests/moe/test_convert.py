@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-from hf_reference import padded_batch, tiny_model
 from safetensors.numpy import load_file, save_file
 
 import moe
 from moe.checkpoint_files import CheckpointError
 from moe.families import UnsupportedConfigError
+from tests.helpers.hf_reference import padded_batch, tiny_model
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,7 @@ def test_convert_script_round_trip(hf_dir, tmp_path):
     model_hf, params_hf = moe.from_pretrained(hf_dir)
     model_cv, params_cv = moe.from_pretrained(out)
     assert model_cv.config == model_hf.config
+    assert moe.load_config(hf_dir) == (hf_dir, model_hf.config) and moe.load_config(out) == (out, model_cv.config)
     ids, mask = padded_batch(model_hf.config.vocab_size)
     a = model_hf.apply({"params": params_hf}, ids, mask)
     b = model_cv.apply({"params": params_cv}, ids, mask)
@@ -93,13 +94,15 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(hf_dir, tmp_path, edit_c
 
 def test_missing_config_json(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        moe.from_pretrained(tmp_path)
+    for load in (moe.from_pretrained, moe.load_config):
+        with pytest.raises(FileNotFoundError, match="config.json"):
+            load(tmp_path)
 
 
 def test_missing_path():
-    with pytest.raises(FileNotFoundError, match="no such model folder"):
-        moe.from_pretrained("/nonexistent/model/folder")
+    for load in (moe.from_pretrained, moe.load_config):
+        with pytest.raises(FileNotFoundError, match="no such model folder"):
+            load("/nonexistent/model/folder")
 
 
 def test_shard_listed_in_index_but_absent(tmp_path):
@@ -151,6 +154,7 @@ def _logits(path):
     return np.asarray(model.apply({"params": params}, ids, mask).logits)
 
 
+@pytest.mark.slow
 def test_overwrite_killed_between_renames_loses_nothing(hf_dir, tmp_path):
     other = tmp_path / "other"
     tiny_model("olmoe", seed=1).save_pretrained(other)
@@ -176,6 +180,7 @@ def test_killed_conversion_leaves_its_folder_only_until_the_next_run(hf_dir, tmp
     np.testing.assert_array_equal(_logits(out), _logits(hf_dir))
 
 
+@pytest.mark.slow
 def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(hf_dir, src)

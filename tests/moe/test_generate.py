@@ -3,12 +3,12 @@ import jax
 import numpy as np
 import pytest
 import torch
-from hf_reference import FAMILIES, padded_batch, tiny_model
 
 import moe
 from moe.generate import generate
 from moe.kv_cache import KVCache
 from routing import steering
+from tests.helpers.hf_reference import FAMILIES, padded_batch, tiny_model
 
 SEEDS = {"qwen2_moe": 2}  # seed 0 of qwen2_moe repeats one token from the first step
 NEW_TOKENS = 10  # prompts of 8 (row 1 left-padded by 4) + 10 new tokens cross every sliding window (5)

@@ -4,12 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hf_reference import hf_forward, padded_batch, tiny_model
 from jax.experimental import checkify
 
 import moe
 from moe.generate import generate
 from moe.inputs import check_inputs
+from tests.helpers.hf_reference import hf_forward, padded_batch, tiny_model
 
 VOCAB = 128
 

@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hf_reference import FAMILIES, hf_forward, padded_batch, tiny_model
 
 import moe
+from tests.helpers.hf_reference import FAMILIES, hf_forward, padded_batch, tiny_model
 
 TOL = 1e-4
 

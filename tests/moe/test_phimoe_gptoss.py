@@ -14,8 +14,6 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
-from hf_reference import hf_forward
-
 import moe
 from moe.checkpoint_files import CheckpointError
 from moe.convert import convert_tensors
@@ -24,6 +22,7 @@ from moe.generate import generate
 from moe.layers import rope_tables
 from moe.mxfp4 import dequantize, dequantize_pairs
 from moe.routing_rules import route, sparsemixer_top2
+from tests.helpers.hf_reference import hf_forward
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, num_local_experts=8)

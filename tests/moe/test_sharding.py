@@ -50,12 +50,13 @@ def test_bad_meshes_name_the_sizes():
         partition_spec("embed", (64, 32), AbstractMesh((2, 4), ("data", "model")))
 
 
+@pytest.mark.slow
 def test_sharded_runs_equal_single_device_runs():
-    """tests/moe/sharded_cases.py: logits, router logits, statistics and steered logits for 8, 2x4 and 2x2x2
+    """tests/helpers/sharded_cases.py: logits, router logits, statistics and steered logits for 8, 2x4 and 2x2x2
     meshes; expert-parallel dispatch; from_pretrained(mesh=...) from HF and converted folders; bad meshes."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(HERE / "sharded_cases.py"), "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(HERE.parent / "helpers" / "sharded_cases.py"), "-p", "no:cacheprovider"],
         cwd=HERE.parents[1], env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

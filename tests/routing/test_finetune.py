@@ -7,7 +7,7 @@ import pytest
 
 from moe import ModelConfig, MoeTransformer
 from moe.train import param_path, router_only
-from routing.finetune import FinetuneSettings, finetune, routing_alignment_loss, sequence_distributions
+from routing.finetune import FinetuneSettings, finetune, routing_alignment_loss
 
 CONFIG = ModelConfig(family="olmoe", vocab_size=40, hidden_size=16, num_layers=3, num_heads=2, num_kv_heads=2,
                      head_dim=8, num_experts=4, top_k=2, expert_size=16)
@@ -51,13 +51,6 @@ def test_loss_is_zero_when_both_sides_are_the_same_text(divergence):
     same = jnp.concatenate([IDS[:2], IDS[:2]])
     assert float(_alignment(PARAMS, same, (0, 1, 2), divergence)) == pytest.approx(0.0, abs=1e-7)
     assert float(_alignment(PARAMS, IDS, (0, 1, 2), divergence)) > 0
-
-
-def test_sequence_distributions_ignore_padding():
-    logits = jax.random.normal(jax.random.PRNGKey(2), (2, 1, 5, 4))
-    mask = jnp.asarray([[0, 0, 1, 1, 1]])
-    q = sequence_distributions(logits, mask)
-    np.testing.assert_allclose(q, jax.nn.softmax(logits[:, :, 2:], -1).mean(2), rtol=1e-6)
 
 
 def test_router_only_finetuning_changes_only_routers():

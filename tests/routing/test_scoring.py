@@ -49,8 +49,7 @@ def test_numbers_match():
     assert not scoring.numbers_match(42.01, 42)
 
 
-def test_accuracy_and_wilson():
-    assert scoring.accuracy([True, False, True, True]) == 0.75
+def test_wilson_and_paired_inputs():
     for k, n, conf in [(30, 100, 0.95), (0, 10, 0.95), (10, 10, 0.9), (1, 3, 0.99), (517, 1000, 0.95)]:
         ref = stats.binomtest(k, n).proportion_ci(conf, method="wilson")
         est, lo, hi = scoring.wilson_interval(k, n, conf)
@@ -62,10 +61,12 @@ def test_accuracy_and_wilson():
     for bad in [(5, 0), (11, 10), (-1, 10)]:
         with pytest.raises(ValueError):
             scoring.wilson_interval(*bad)
-    with pytest.raises(ValueError):
-        scoring.accuracy([])
-    with pytest.raises(ValueError):
-        scoring.accuracy([0, 2])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        scoring.mcnemar_test([], [])
+    with pytest.raises(ValueError, match="only booleans or 0/1"):
+        scoring.mcnemar_test([0, 2], [0, 1])
+    with pytest.raises(ValueError, match="same items"):
+        scoring.paired_bootstrap_ci([0, 1], [0, 1, 1])
 
 
 @pytest.mark.parametrize("b, c", [(0, 0), (3, 3), (1, 9), (12, 4), (0, 25), (40, 61)])
@@ -161,3 +162,20 @@ def test_bootstrap_correlation_ci_edge_cases():
     assert dropped == 1 and math.isnan(none_kept.low) and math.isnan(none_kept.high)
     with pytest.raises(ValueError, match="n_boot"):
         scoring.bootstrap_correlation_ci([1, 2, 3], [1, 2, 3], n_boot=0)
+
+
+def test_correlate_over_the_languages_both_sides_have():
+    divergence = {"fra_Latn": 0.3, "deu_Latn": 0.1, "zho_Hans": 0.6, "hin_Deva": 0.4, "eng_Latn": 0.0}
+    accuracy = {"fra_Latn": 0.6, "deu_Latn": 0.7, "zho_Hans": 0.3, "hin_Deva": 0.5}
+    result = scoring.correlate(divergence, accuracy, n_boot=500)
+    assert result["languages"] == ["fra_Latn", "deu_Latn", "zho_Hans", "hin_Deva"] and result["n"] == 4
+    x, y = [divergence[lang] for lang in result["languages"]], [accuracy[lang] for lang in result["languages"]]
+    r, p = stats.pearsonr(x, y)
+    assert result["pearson_r"] == pytest.approx(r) and result["pearson_p"] == pytest.approx(p)
+    assert result["spearman_rho"] == -1.0 and result["spearman_p"] == pytest.approx(0.0, abs=1e-12)
+    assert result["pearson_ci"][0] <= result["pearson_r"] <= result["pearson_ci"][1]
+    assert result["bootstrap"]["resamples"] == 500 and result["divergence"] == dict(zip(result["languages"], x))
+    constant = scoring.correlate(divergence, {lang: 0.5 for lang in accuracy}, n_boot=50)
+    assert constant["pearson_r"] is None and constant["pearson_p"] is None and constant["pearson_ci"] == [None, None]
+    with pytest.raises(ValueError, match=">= 3 languages"):
+        scoring.correlate(divergence, {"fra_Latn": 0.1, "deu_Latn": 0.2})

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from routing.stats import (
-    RoutingTotals,
+    CorpusRouting,
     activation_rate,
     sample_token_pairs,
+    sequence_distributions,
     sequence_statistics,
 )
 
@@ -133,23 +134,40 @@ def test_padding_invariance() -> None:
     np.testing.assert_array_equal(padded.counts[:, 1], alone.counts[:, 0])
 
 
-def test_activation_rate_and_totals() -> None:
+def test_activation_rate_leaves_out_empty_sequences() -> None:
+    """r[l, k] = mean over sequences with real tokens of counts / length, against loops in float64."""
     logits = random_logits(8)
     stats = sequence_statistics(logits, MASK, TOP_K)
-    _, counts, lengths, ent = np_reference(logits, MASK, TOP_K)
-    rate = np.asarray(activation_rate(stats.counts, stats.lengths))
-    np.testing.assert_allclose(rate[:, :5], counts[:, :5] / lengths[None, :5, None], rtol=1e-6)
-    assert np.isnan(rate[:, 5]).all() and (rate[:, :5] >= 0).all() and (rate[:, :5] <= 1).all()
+    _, counts, lengths, _ = np_reference(logits, MASK, TOP_K)
+    rate = activation_rate(stats.counts, stats.lengths)
+    for layer in range(counts.shape[0]):
+        for e in range(counts.shape[2]):
+            expected = np.mean([counts[layer, i, e] / lengths[i] for i in range(5)])  # row 5 has no real token
+            assert rate[layer, e] == pytest.approx(expected, rel=1e-12)
+    assert rate.dtype == np.float64 and np.allclose(rate.sum(-1), TOP_K)  # every token activates top_k experts
+    corpus = CorpusRouting([(i,) for i in range(6)], *(np.asarray(x) for x in (stats.q, stats.counts, stats.lengths,
+                                                                               stats.entropy, stats.consistency)))
+    np.testing.assert_array_equal(corpus.activation_rate, rate)
 
-    halves = [sequence_statistics(logits[:, s], MASK[s], TOP_K) for s in (slice(0, 3), slice(3, 6))]
-    totals = RoutingTotals.from_stats(halves[0]).merge(RoutingTotals.from_stats(halves[1]))
-    assert totals.num_sequences == 5
-    np.testing.assert_allclose(totals.activation_rate, rate[:, :5].mean(1), rtol=1e-6)
-    np.testing.assert_allclose(totals.entropy, ent[:, :5].mean(1), rtol=1e-5)
-    whole = RoutingTotals.from_stats(stats)
-    np.testing.assert_allclose(whole.activation_rate, totals.activation_rate, rtol=1e-6)
-    np.testing.assert_array_equal(whole.consistency_count, 4)  # rows with >= 2 real tokens
-    np.testing.assert_allclose(whole.consistency, np.nanmean(stats.consistency, 1), rtol=1e-6)
+
+@pytest.mark.parametrize("counts, lengths, message", [
+    (np.zeros((2, 3)), np.ones(3), r"\[L, N, E\]"),
+    (np.zeros((2, 3, 4)), np.ones(2), r"\[L, N, E\]"),
+    (np.full((2, 3, 4), 2), np.ones(3), "counts must lie"),
+    (np.zeros((2, 3, 4)), np.array([1, -1, 1]), "lengths must be >= 0"),
+    (np.zeros((2, 3, 4)), np.zeros(3), "no sequence with real tokens"),
+    (np.zeros((2, 0, 4)), np.zeros(0), "no sequence with real tokens"),
+])
+def test_activation_rate_validation(counts, lengths, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        activation_rate(counts, lengths)
+
+
+def test_sequence_distributions_ignore_padding() -> None:
+    logits = jax.random.normal(jax.random.PRNGKey(2), (2, 1, 5, 4))
+    mask = jnp.asarray([[0, 0, 1, 1, 1]])
+    q = sequence_distributions(logits, mask)
+    np.testing.assert_allclose(q, jax.nn.softmax(logits[:, :, 2:], -1).mean(2), rtol=1e-6)
 
 
 def test_bad_shapes_raise() -> None:

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from moe import ModelConfig, MoeTransformer
 from routing import steering
+from routing.window import Window
 
 L, E = 4, 8
 
@@ -171,6 +173,28 @@ def test_window():
     assert np.flatnonzero(np.asarray(edit.strength).any(1)).tolist() == [1, 3]
     w = steering.window(steering.force_on(L, E, [(0, 1), (2, 1)]), [2])
     assert np.asarray(w.force_on).sum() == 1 and w.force_on[2, 1] == 1
+    by_window = steering.soft(L, E, [(0, 1), (1, 1), (2, 1), (3, 2)], 0.5, layers=Window(1, 3))  # layers 1, 2, 3
+    assert np.flatnonzero(np.asarray(by_window.strength).any(1)).tolist() == [1, 2, 3]
+    inside = steering.window(steering.soft(L, E, {0: [1], 1: [1], 2: [1], 3: [2]}, 0.5), Window(0, 2))
+    assert np.flatnonzero(np.asarray(inside.strength).any(1)).tolist() == [0, 1, 2]
+
+
+def test_constructors_take_a_model_config_or_a_model():
+    config = ModelConfig(family="olmoe", vocab_size=16, hidden_size=8, num_layers=L, num_heads=2, num_kv_heads=2,
+                         head_dim=4, num_experts=E, top_k=2, expert_size=8)
+    selection = {1: [2, 5], 3: [0]}
+    for shape in (config, MoeTransformer(config)):
+        for by_shape, by_sizes in (
+                (steering.empty(shape), steering.empty(L, E)),
+                (steering.soft(shape, selection, 0.5, layers=[1]), steering.soft(L, E, selection, 0.5, layers=[1])),
+                (steering.force_on(shape, selection, eps=0.2), steering.force_on(L, E, selection, eps=0.2)),
+                (steering.force_off(shape, selection, key=3), steering.force_off(L, E, selection, key=3))):
+            for a, b in zip(jax.tree_util.tree_leaves(by_shape), jax.tree_util.tree_leaves(by_sizes)):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(steering.selection_mask(shape, selection),
+                                      steering.selection_mask(L, E, selection))
+    with pytest.raises(ValueError, match="num_moe_layers must be a positive integer, got 'model'"):
+        steering.empty("model", E)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +293,6 @@ def test_switching_between_fixed_and_random_eps_does_not_recompile():
 
 
 def test_model_refuses_an_edit_for_another_number_of_moe_layers():
-    from moe import ModelConfig, MoeTransformer
     from moe.generate import generate
 
     config = ModelConfig(family="olmoe", vocab_size=16, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=2,
