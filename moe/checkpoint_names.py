@@ -9,7 +9,9 @@ Transforms (applied by moe.convert):
   weight and [E, 2F] bias) -> "{half}" = gate and "{half}" = up, [..., F] each.
 Templates use the regex's named groups; "{proj}" is mapped through PROJ to our module names. A template
 "layers_{i}/rest" names decoder layer i's parameter; moe.convert stores it at layer i's slot of the stacked
-"stack_{j}/rest" of the layer stack holding layer i (ModelConfig.layer_stacks). MXFP4 pairs
+"stack_{j}/rest" of the layer stack holding layer i (ModelConfig.layer_stacks), and "layers_{i}/experts/rest"
+at layer i's slot of "experts_{j}/rest" (moe.model.ExpertStack). The experts' "gate" and "up" (and their
+biases) are the two halves of the fused "gate_up" ("gate_up_bias"); moe.convert fills each half. MXFP4 pairs
 (`X_blocks` + `X_scales`) are dequantised to `X` before these rules see them (moe.mxfp4).
 """
 from __future__ import annotations
@@ -36,10 +38,10 @@ DECODER: list[Rule] = [
 
 MOE_MLP: list[Rule] = [  # OLMoE, Qwen2/3-MoE: per-expert or fused experts under `mlp`
     (L + r"mlp\.gate\.weight", "layers_{i}/moe/router/proj/kernel", "linear"),
-    (L + r"mlp\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight", "layers_{i}/moe/{proj}",
+    (L + r"mlp\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight", "layers_{i}/experts/{proj}",
      "expert_linear"),
-    (L + r"mlp\.experts\.gate_up_proj", "layers_{i}/moe", "fused_gate_up"),
-    (L + r"mlp\.experts\.down_proj", "layers_{i}/moe/down", "fused_linear"),
+    (L + r"mlp\.experts\.gate_up_proj", "layers_{i}/experts", "fused_gate_up"),
+    (L + r"mlp\.experts\.down_proj", "layers_{i}/experts/down", "fused_linear"),
     (L + r"mlp\.(?P<proj>gate_proj|up_proj|down_proj)\.weight", "layers_{i}/mlp/{proj}/kernel", "linear"),
 ]
 
@@ -51,10 +53,10 @@ SHARED_EXPERT: list[Rule] = [  # Qwen2-MoE
 
 MIXTRAL: list[Rule] = [
     (L + r"(?:block_sparse_moe|mlp)\.gate\.weight", "layers_{i}/moe/router/proj/kernel", "linear"),
-    (L + r"(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\.(?P<proj>w[123])\.weight", "layers_{i}/moe/{proj}",
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.(?P<e>\d+)\.(?P<proj>w[123])\.weight", "layers_{i}/experts/{proj}",
      "expert_linear"),
-    (L + r"(?:block_sparse_moe|mlp)\.experts\.gate_up_proj", "layers_{i}/moe", "fused_gate_up"),
-    (L + r"(?:block_sparse_moe|mlp)\.experts\.down_proj", "layers_{i}/moe/down", "fused_linear"),
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.gate_up_proj", "layers_{i}/experts", "fused_gate_up"),
+    (L + r"(?:block_sparse_moe|mlp)\.experts\.down_proj", "layers_{i}/experts/down", "fused_linear"),
 ]
 
 PHIMOE: list[Rule] = [  # Mixtral's expert names; transformers v5 calls the gate `router` in its fused layout
@@ -65,10 +67,10 @@ GPT_OSS: list[Rule] = [
     (L + r"self_attn\.sinks", "layers_{i}/attn/sinks", "copy"),
     (L + r"mlp\.router\.weight", "layers_{i}/moe/router/proj/kernel", "linear"),
     (L + r"mlp\.router\.bias", "layers_{i}/moe/router/proj/bias", "copy"),
-    (L + r"mlp\.experts\.gate_up_proj", "layers_{i}/moe/{half}", "interleaved_gate_up"),
-    (L + r"mlp\.experts\.gate_up_proj_bias", "layers_{i}/moe/{half}_bias", "interleaved_gate_up"),
-    (L + r"mlp\.experts\.down_proj", "layers_{i}/moe/down", "copy"),  # already [E, F, D]
-    (L + r"mlp\.experts\.down_proj_bias", "layers_{i}/moe/down_bias", "copy"),
+    (L + r"mlp\.experts\.gate_up_proj", "layers_{i}/experts/{half}", "interleaved_gate_up"),
+    (L + r"mlp\.experts\.gate_up_proj_bias", "layers_{i}/experts/{half}_bias", "interleaved_gate_up"),
+    (L + r"mlp\.experts\.down_proj", "layers_{i}/experts/down", "copy"),  # already [E, F, D]
+    (L + r"mlp\.experts\.down_proj_bias", "layers_{i}/experts/down_bias", "copy"),
 ]
 
 NAME_MAPS: dict[str, list[Rule]] = {

@@ -112,17 +112,36 @@ def _placements(name: str, array: np.ndarray, rules) -> list[tuple[str, int | No
 
 
 def _stacked(path: str, config: ModelConfig) -> tuple[str, tuple[int, ...]]:
-    """A template path "layers_{i}/rest" as ("stack_{j}/rest", (i's slot in stack j,)); others as (path, ())."""
-    m = re.fullmatch(r"layers_(\d+)/(.*)", path)
+    """A template path "layers_{i}/rest" as ("stack_{j}/rest", (i's slot in stack j,)) ("experts_{j}/rest" for
+    "layers_{i}/experts/rest"); others as (path, ())."""
+    m = re.fullmatch(r"layers_(\d+)/(experts/)?(.*)", path)
     for j, layers in enumerate(config.layer_stacks):
         if m and int(m[1]) in layers:
-            return f"stack_{j}/{m[2]}", (layers.index(int(m[1])),)
+            return f"{'experts' if m[2] else 'stack'}_{j}/{m[3]}", (layers.index(int(m[1])),)
     return path, ()
+
+
+# The halves of the fused expert projections: checkpoint-side name -> (parameter, index on its axis -2)
+HALVES = {"gate": ("gate_up", 0), "up": ("gate_up", 1), "gate_bias": ("gate_up_bias", 0), "up_bias": ("gate_up_bias", 1)}
+
+
+def _fill_targets(params: dict[str, jax.ShapeDtypeStruct]) -> dict[str, tuple[str, int | None, tuple[int, ...]]]:
+    """What the checkpoint fills: {path: (parameter path, half or None, shape)}. A fused "experts_{j}/gate_up"
+    is filled as its halves "experts_{j}/gate" and ".../up" (axis -2 of the parameter removed), biases alike."""
+    targets = {}
+    for path, leaf in params.items():
+        head, _, name = path.rpartition("/")
+        halves = [(part, half) for part, (fused, half) in HALVES.items() if head.startswith("experts_") and name == fused]
+        for part, half in halves:
+            targets[f"{head}/{part}"] = (path, half, leaf.shape[:-2] + leaf.shape[-1:])
+        if not halves:
+            targets[path] = (path, None, leaf.shape)
+    return targets
 
 
 def _where(path: str, slot: tuple[int, ...], config: ModelConfig) -> str:
     """A slot of a stacked parameter in words: "layer 5" or "layer 5, expert 3"."""
-    m = re.match(r"stack_(\d+)/", path)
+    m = re.match(r"(?:stack|experts)_(\d+)/", path)
     words = [f"layer {config.layer_stacks[int(m[1])][slot[0]]}"] if m and slot else []
     return ", ".join(words + [f"expert {e}" for e in slot[1:]])
 
@@ -156,10 +175,15 @@ def _empty(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding | None) -
         lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
 
 
-@partial(jax.jit, donate_argnums=0)
-def _write_slot(target: jax.Array, value: jax.Array, slot: tuple[jax.Array, ...]) -> jax.Array:
-    """target[slot] = value, in place (the target buffer is donated), so no second copy is ever held."""
+@partial(jax.jit, donate_argnums=0, static_argnums=3)
+def _write_slot(target: jax.Array, value: jax.Array, slot: tuple[jax.Array, ...], half: int | None) -> jax.Array:
+    """target[slot] = value, or target[slot][..., half, :] = value, in place (the target buffer is donated), so
+    no second copy is ever held."""
+    if half is not None:
+        value = jnp.expand_dims(value, -2)
     start = tuple(slot) + (0,) * (target.ndim - len(slot))
+    if half is not None:
+        start = start[:-2] + (half, 0)
     return jax.lax.dynamic_update_slice(target, value.reshape((1,) * len(slot) + value.shape), start)
 
 
@@ -170,8 +194,9 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
     Each parameter goes to the device (or, with `mesh`, into its shards) as soon as it is complete.
     """
     rules = NAME_MAPS[config.family] if rules is None else rules
-    targets = abstract_params(config, dtype)
-    shardings = _shardings(targets, mesh)
+    params = abstract_params(config, dtype)
+    targets = _fill_targets(params)
+    shardings = _shardings(params, mesh)
     placed: dict[str, jax.Array] = {}
     np_dtype = np.dtype(jnp.dtype(dtype))
     filled: dict[str, np.ndarray] = {}  # per-path flags over its slots (layer, or layer and expert)
@@ -192,7 +217,7 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
             if path not in targets:
                 unexpected.append(f"{name} (-> {template_path}, which this config does not have)")
                 continue
-            shape = targets[path].shape
+            param, half, shape = targets[path]
             where = _where(path, slot, config)
             if (tuple(value.shape) != tuple(shape[len(slot):])
                     or not all(0 <= i < n for i, n in zip(slot, shape))):
@@ -205,12 +230,13 @@ def convert_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray
             if flags[slot].any():
                 problems.append(f"{name}: {path} ({where or 'whole'}) filled twice")
                 continue
-            if slot:  # stacked layers / experts: fill the device array in place, one slot at a time
-                if path not in placed:
-                    placed[path] = _empty(shape, np_dtype, shardings[path])
-                placed[path] = _write_slot(placed[path], value.astype(np_dtype), tuple(np.int32(i) for i in slot))
+            if slot or half is not None:  # stacked layers / experts / halves: fill the device array in place
+                if param not in placed:
+                    placed[param] = _empty(params[param].shape, np_dtype, shardings[param])
+                placed[param] = _write_slot(placed[param], value.astype(np_dtype), tuple(np.int32(i) for i in slot),
+                                            half)
             else:
-                placed[path] = _place(np.ascontiguousarray(value, np_dtype), shardings[path])
+                placed[param] = _place(np.ascontiguousarray(value, np_dtype), shardings[param])
             flags[slot] = True
     missing = [p for p in targets if p not in filled or not filled[p].all()]
     messages = []
@@ -277,9 +303,18 @@ def load_converted(folder: Path, dtype: Any = jnp.float32,
     if not (folder / PARAMS_DIR).is_dir():
         raise CheckpointError(f"{folder}: {CONFIG_FILE} without its {PARAMS_DIR}/ folder; convert the checkpoint again")
     targets = abstract_params(config, dtype)
+    checkpointer = _checkpointer()
+    stored = jax.tree_util.tree_flatten_with_path(checkpointer.metadata(folder / PARAMS_DIR).item_metadata)[0]
+    stored = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(m.shape) for path, m in stored}
+    wanted = {p: tuple(t.shape) for p, t in targets.items()}
+    if stored != wanted:  # e.g. a folder converted before the experts were fused and taken out of the scan
+        differ = sorted(set(stored.items()) ^ set(wanted.items()))
+        raise CheckpointError(f"{folder}: its parameters do not match this version's layout (first differences: "
+                              + ", ".join(f"{p} {list(s)}" for p, s in differ[:4])
+                              + "); convert the checkpoint again")
     shardings = _shardings(targets, mesh)
     target = _unflatten({p: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=shardings[p]) for p, t in targets.items()})
-    params = _checkpointer().restore(folder / PARAMS_DIR, target)
+    params = checkpointer.restore(folder / PARAMS_DIR, target)
     return config, params
 
 

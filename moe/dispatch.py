@@ -1,18 +1,22 @@
 """Exact, dropless expert dispatch: every (token, expert) assignment is computed, none is dropped.
 
-`expert_ffn` is the one entry point. Implementations:
-- "blocked": sort assignments by expert, cut each expert's rows into blocks of `block` rows (64: measured best on CPU for an OLMoE layer), and `lax.scan`
-  one [block, D] x [D, F] matmul per block (empty trailing blocks are skipped with `lax.cond`). Fast on CPU.
-- "ragged": `jax.lax.ragged_dot` over the expert-sorted rows (grouped GEMM kernels on GPU/TPU).
+`expert_ffn` is the one entry point. Expert weights are fused: `gate_up` [E, D, 2, F] holds each expert's gate
+and up projections side by side, so one [rows, D] x [D, 2F] matmul computes both. The parameters of a whole
+layer stack may be passed ([L, E, ...]) with the `layer` index: the blocked path then reads each block's
+expert weights straight out of the stack, so no per-layer copy of the experts is made. Implementations:
+- "blocked": sort assignments by expert, cut each expert's rows into blocks of `block_rows(...)` rows and
+  `lax.scan` one block at a time (empty trailing blocks are skipped with `lax.cond`). Fast on CPU.
+- "ragged": `jax.lax.ragged_dot` over the expert-sorted rows.
+- "megablox": the Pallas TPU grouped matmul `jax.experimental.pallas.ops.tpu.megablox.gmm` (MaxText's default
+  for dropless MoE on TPU) over the same rows; `interpret=True` runs it anywhere (slowly), for tests.
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
-"auto" picks by backend, as measured with scripts/benchmark.py (OLMoE-shaped config, batch 8 x 128):
-- CPU: "blocked" (2.9x HF transformers' forward on 2 cores; ragged_dot is not a fast kernel there);
+"auto" picks by backend, as measured with scripts/benchmark.py (README, "Benchmark"):
+- CPU: "blocked" (ragged_dot has no fast grouped kernel on CPU);
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
-  at 16k tokens: XLA's ragged_dot is no fast grouped GEMM there, and dense matmuls are. Dense does E/k
-  times the expert FLOPs, so with many experts and large batches a grouped-GEMM kernel should replace it;
-- TPU: "ragged" (ragged_dot lowers to a grouped matmul kernel there; not measured in this project).
-A callable with expert_ffn's signature (less `mode`),
-such as `moe.expert_parallel.ExpertParallel(mesh)`, may stand in for a mode name.
+  at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
+- TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
+A callable with expert_ffn's signature (less `mode`), such as `moe.expert_parallel.ExpertParallel(mesh)`, may
+stand in for a mode name.
 """
 from __future__ import annotations
 
@@ -22,111 +26,184 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-ExpertParams = dict[str, Array]  # gate [E, D, F], up [E, D, F], down [E, F, D], optional *_bias [E, F] / [E, D]
+# gate_up [E, D, 2, F], down [E, F, D], optional gate_up_bias [E, 2, F] and down_bias [E, D]; with a leading
+# layer axis [L, ...] when a `layer` index is passed.
+ExpertParams = dict[str, Array]
 Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
-Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation], Array]  # a mode name or a dispatcher
+# A mode name or a dispatcher (x, weights, index, p, act, layer) -> out
+Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation, Array | None], Array]
 
-DISPATCH_MODES = ("auto", "blocked", "ragged", "dense")
-
-
-def _project_in(x: Array, p: ExpertParams, e: Array | None = None) -> tuple[Array, Array]:
-    """gate/up projections of rows x for expert e (or all experts stacked when e is None)."""
-    if e is None:
-        gate, up = jnp.einsum("td,edf->etf", x, p["gate"]), jnp.einsum("td,edf->etf", x, p["up"])
-        if "gate_bias" in p:
-            gate, up = gate + p["gate_bias"][:, None], up + p["up_bias"][:, None]
-        return gate, up
-    gate, up = x @ p["gate"][e], x @ p["up"][e]
-    if "gate_bias" in p:
-        gate, up = gate + p["gate_bias"][e], up + p["up_bias"][e]
-    return gate, up
+DISPATCH_MODES = ("auto", "blocked", "ragged", "megablox", "dense")
 
 
-def dense_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation) -> Array:
+def block_rows(num_assignments: int, num_experts: int) -> int:
+    """Rows per block of the blocked dispatch, by the average rows per expert (measured on CPU, README).
+
+    Each expert pads its last block, so larger blocks waste about num_experts x block / 2 rows while smaller
+    ones run smaller, slower matmuls: half the average rows per expert, a power of two in [16, 128], measured
+    best (64 for 8k assignments over 64 experts, 32 over 128 experts).
+    """
+    average = num_assignments / max(num_experts, 1)
+    block = 16
+    while block < 128 and 4 * block <= average:
+        block *= 2
+    return block
+
+
+def _layer_slice(p: ExpertParams, layer: Array | None) -> ExpertParams:
+    """One layer's experts out of a stacked parameter dict (a copy); `p` itself when layer is None."""
+    return p if layer is None else {name: value[layer] for name, value in p.items()}
+
+
+def _split(h: Array, act: Activation) -> Array:
+    """act(gate, up) of fused projections h [..., 2F] (gate first)."""
+    f = h.shape[-1] // 2
+    return act(h[..., :f], h[..., f:])
+
+
+def _combine(rows: Array, position: Array, weights: Array, dtype) -> Array:
+    """out[t] = sum_j weights[t, j] * rows[position[t * k + j]], in float32. rows [R, D]; weights [T, k]."""
+    picked = rows[position].astype(jnp.float32).reshape(*weights.shape, rows.shape[-1])
+    return jnp.einsum("tk,tkd->td", weights.astype(jnp.float32), picked).astype(dtype)
+
+
+def dense_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
+              layer: Array | None = None) -> Array:
     """Reference: all experts on all tokens. x [T, D], weights/index [T, k]."""
-    num_experts = p["gate"].shape[0]
+    p = _layer_slice(p, layer)
+    num_experts, d, _, f = p["gate_up"].shape
     combine = jnp.zeros((x.shape[0], num_experts), jnp.float32)
     combine = combine.at[jnp.arange(x.shape[0])[:, None], index].add(weights.astype(jnp.float32))
-    gate, up = _project_in(x, p)
-    out = jnp.einsum("etf,efd->etd", act(gate, up), p["down"])
+    h = jnp.einsum("td,edf->etf", x, p["gate_up"].reshape(num_experts, d, 2 * f))
+    if "gate_up_bias" in p:
+        h = h + p["gate_up_bias"].reshape(num_experts, 1, 2 * f)
+    out = jnp.einsum("etf,efd->etd", _split(h, act), p["down"])
     if "down_bias" in p:
         out = out + p["down_bias"][:, None]
     return jnp.einsum("etd,te->td", out.astype(jnp.float32), combine).astype(x.dtype)
 
 
-def _sorted_assignments(index: Array, weights: Array, num_experts: int):
-    """Flatten [T, k] assignments and sort them by expert (stable)."""
+def _sorted_assignments(index: Array, num_experts: int) -> tuple[Array, Array, Array, Array]:
+    """Flattened [T, k] assignments sorted by expert (stable): (token of each sorted row, its expert, the sorted
+    row of each assignment, rows per expert). Experts outside [0, num_experts) sort last and count nowhere."""
+    flat = index.reshape(-1)
     tokens = jnp.repeat(jnp.arange(index.shape[0], dtype=jnp.int32), index.shape[1])
-    experts, w = index.reshape(-1), weights.reshape(-1)
-    order = jnp.argsort(experts, stable=True)
-    sizes = jnp.bincount(experts, length=num_experts).astype(jnp.int32)
-    return tokens[order], experts[order], w[order], sizes
+    order = jnp.argsort(flat, stable=True)
+    position = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+    sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    return tokens[order], flat[order], position, sizes
 
 
-def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, block: int = 64) -> Array:
-    """Sorted, block-padded per-expert matmuls under lax.scan."""
+def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
+                layer: Array | None = None, block: int | None = None) -> Array:
+    """Sorted, block-padded per-expert matmuls under lax.scan; `block` rows per block (default `block_rows`).
+
+    With `layer`, each block reads its [D, 2F] and [F, D] expert weights out of the stacked parameters.
+    """
     p = {name: jnp.asarray(value) for name, value in p.items()}
-    num_tokens, num_experts = x.shape[0], p["gate"].shape[0]
+    num_experts = p["gate_up"].shape[-4]
+    d, f = p["gate_up"].shape[-3], p["gate_up"].shape[-1]
     n = index.size
-    block = min(block, max(8, n))
-    tokens, _, w, sizes = _sorted_assignments(index, weights, num_experts)
+    block = min(block or block_rows(n, num_experts), max(8, n))
+    tokens, experts, position, sizes = _sorted_assignments(index, num_experts)
     blocks_per_expert = (sizes + block - 1) // block
     block_end = jnp.cumsum(blocks_per_expert)
+    first_block = block_end - blocks_per_expert
     row_start = jnp.cumsum(sizes) - sizes
     num_blocks = -(-n // block) + min(num_experts, n)  # static bound on sum(ceil(size_e / block))
     b = jnp.arange(num_blocks)
     block_expert = jnp.minimum(jnp.searchsorted(block_end, b, side="right"), num_experts - 1)
-    first_block = block_end[block_expert] - blocks_per_expert[block_expert]
-    offset = (b - first_block)[:, None] * block + jnp.arange(block)[None, :]
+    offset = (b - first_block[block_expert])[:, None] * block + jnp.arange(block)[None, :]
     valid = (offset < sizes[block_expert][:, None]) & (b < block_end[-1])[:, None]
-    rows = jnp.where(valid, row_start[block_expert][:, None] + offset, 0)
-    row_tokens, row_weights = tokens[rows], jnp.where(valid, w[rows], 0.0)
+    row_tokens = tokens[jnp.where(valid, row_start[block_expert][:, None] + offset, 0)]
+    # the padded row of each assignment: its expert's first block, plus its rank among the expert's rows
+    # (row 0 for assignments to experts outside this shard's range, which carry weight 0)
+    sorted_expert = jnp.minimum(experts, num_experts - 1)
+    padded = first_block[sorted_expert] * block + jnp.arange(n) - row_start[sorted_expert]
+    padded = jnp.where(experts < num_experts, padded, 0)
+
+    def weight(name: str, e: Array) -> Array:
+        return p[name][e] if layer is None else p[name][layer, e]
 
     def one_block(_, inputs):
-        e, toks, wts, active = inputs
+        e, toks, active = inputs
 
         def compute(_):
-            xs = x[toks]
-            gate, up = _project_in(xs, p, e)
-            y = act(gate, up) @ p["down"][e]
-            if "down_bias" in p:
-                y = y + p["down_bias"][e]
-            return (y.astype(jnp.float32) * wts[:, None]).astype(x.dtype)
+            h = x[toks] @ weight("gate_up", e).reshape(d, 2 * f)
+            if "gate_up_bias" in p:
+                h = h + weight("gate_up_bias", e).reshape(2 * f)
+            y = _split(h, act) @ weight("down", e)
+            return y + weight("down_bias", e) if "down_bias" in p else y
 
-        return None, jax.lax.cond(active, compute, lambda _: jnp.zeros((block, x.shape[1]), x.dtype), None)
+        return None, jax.lax.cond(active, compute, lambda _: jnp.zeros((block, d), x.dtype), None)
 
-    _, ys = jax.lax.scan(one_block, None, (block_expert, row_tokens, row_weights, valid[:, 0]))
-    out = jnp.zeros((num_tokens, x.shape[1]), jnp.float32)
-    return out.at[row_tokens.reshape(-1)].add(ys.reshape(-1, x.shape[1]).astype(jnp.float32)).astype(x.dtype)
+    _, ys = jax.lax.scan(one_block, None, (block_expert, row_tokens, valid[:, 0]))
+    return _combine(ys.reshape(-1, d), padded[position], weights, x.dtype)
 
 
-def ragged_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation) -> Array:
-    """Grouped GEMM over expert-sorted rows with jax.lax.ragged_dot."""
-    num_experts = p["gate"].shape[0]
-    tokens, experts, w, sizes = _sorted_assignments(index, weights, num_experts)
-    xs = x[tokens]
-    gate = jax.lax.ragged_dot(xs, p["gate"], sizes)
-    up = jax.lax.ragged_dot(xs, p["up"], sizes)
-    if "gate_bias" in p:
-        gate, up = gate + p["gate_bias"][experts], up + p["up_bias"][experts]
-    y = jax.lax.ragged_dot(act(gate, up), p["down"], sizes)
+def _grouped_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, layer: Array | None,
+                 grouped_matmul: Callable[[Array, Array, Array], Array], row_multiple: int = 1) -> Array:
+    """The FFN over expert-sorted rows with `grouped_matmul(rows, rhs [E, K, N], sizes)` for each projection.
+
+    Rows are padded to a multiple of `row_multiple`; rows in no group (padding, or assignments to experts
+    outside this shard's range) are zeroed, whatever the kernel leaves there.
+    """
+    p = _layer_slice(p, layer)
+    num_experts, d, _, f = p["gate_up"].shape
+    tokens, experts, position, sizes = _sorted_assignments(index, num_experts)
+    pad = -tokens.size % row_multiple
+    tokens = jnp.pad(tokens, (0, pad))
+    experts = jnp.minimum(jnp.pad(experts, (0, pad), constant_values=num_experts), num_experts - 1)
+    in_group = (jnp.arange(tokens.size) < jnp.sum(sizes))[:, None]
+    h = grouped_matmul(x[tokens], p["gate_up"].reshape(num_experts, d, 2 * f), sizes)
+    if "gate_up_bias" in p:
+        h = h + p["gate_up_bias"].reshape(num_experts, 2 * f)[experts]
+    y = grouped_matmul(jnp.where(in_group, _split(h, act), 0).astype(x.dtype), p["down"], sizes)
     if "down_bias" in p:
         y = y + p["down_bias"][experts]
-    y = y.astype(jnp.float32) * w[:, None]
-    return jnp.zeros((x.shape[0], x.shape[1]), jnp.float32).at[tokens].add(y).astype(x.dtype)
+    return _combine(jnp.where(in_group, y, 0), position, weights, x.dtype)
+
+
+def ragged_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
+               layer: Array | None = None) -> Array:
+    """Grouped GEMM over expert-sorted rows with jax.lax.ragged_dot."""
+    return _grouped_ffn(x, weights, index, p, act, layer,
+                        lambda rows, rhs, sizes: jax.lax.ragged_dot(rows, rhs, sizes).astype(rows.dtype))
+
+
+MEGABLOX_TILE = (512, 1024, 1024)  # (rows, K, N) tile bounds: MaxText's defaults for its megablox path
+
+
+def megablox_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
+                 layer: Array | None = None, interpret: bool = False) -> Array:
+    """Grouped GEMM over expert-sorted rows with the Pallas TPU kernel megablox `gmm` (float32 accumulation).
+
+    Tiles are MEGABLOX_TILE, shrunk to the problem (rows to a multiple of 8); `interpret=True` runs the kernel
+    in the Pallas interpreter on any backend.
+    """
+    from jax.experimental.pallas.ops.tpu.megablox import gmm
+
+    tm = min(MEGABLOX_TILE[0], -(-index.size // 8) * 8)
+
+    def grouped_matmul(rows: Array, rhs: Array, sizes: Array) -> Array:
+        tiling = (tm, min(MEGABLOX_TILE[1], rhs.shape[1]), min(MEGABLOX_TILE[2], rhs.shape[2]))
+        return gmm(rows, rhs, sizes, preferred_element_type=jnp.float32, tiling=tiling,
+                   interpret=interpret).astype(rows.dtype)
+
+    return _grouped_ffn(x, weights, index, p, act, layer, grouped_matmul, row_multiple=tm)
 
 
 def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
-               mode: Dispatch = "auto") -> Array:
-    """Weighted sum over each token's selected experts. x [T, D]; weights [T, k] float32; index [T, k] int."""
+               mode: Dispatch = "auto", layer: Array | None = None) -> Array:
+    """Weighted sum over each token's selected experts. x [T, D]; weights [T, k] float32; index [T, k] int.
+
+    `p` holds one layer's experts, or a stack of layers ([L, ...]) of which `layer` (an int32 scalar) is used.
+    """
     if callable(mode):
-        return mode(x, weights, index, p, act)
+        return mode(x, weights, index, p, act, layer)
     if mode == "auto":
-        mode = {"cpu": "blocked", "gpu": "dense"}.get(jax.default_backend(), "ragged")
-    if mode == "blocked":
-        return blocked_ffn(x, weights, index, p, act)
-    if mode == "ragged":
-        return ragged_ffn(x, weights, index, p, act)
-    if mode == "dense":
-        return dense_ffn(x, weights, index, p, act)
-    raise ValueError(f"unknown dispatch mode {mode!r}; choose one of {DISPATCH_MODES}")
+        mode = {"cpu": "blocked", "gpu": "dense", "tpu": "megablox"}.get(jax.default_backend(), "ragged")
+    paths = {"blocked": blocked_ffn, "ragged": ragged_ffn, "megablox": megablox_ffn, "dense": dense_ffn}
+    if mode not in paths:
+        raise ValueError(f"unknown dispatch mode {mode!r}; choose one of {DISPATCH_MODES}")
+    return paths[mode](x, weights, index, p, act, layer)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe.config import ModelConfig
-from moe.dispatch import Dispatch, expert_ffn
+from moe.dispatch import Dispatch, ExpertParams, expert_ffn
 from moe.inputs import check_inputs
 from moe.kv_cache import KVCache, LayerCache
 from moe.layers import Attention, DenseMLP, Linear, Norm, rope_tables
@@ -66,6 +66,29 @@ class Router(nn.Module):
         return Linear(self.config.num_experts, self.config.router_bias, self.dtype, name="proj")(x)
 
 
+class ExpertStack(nn.Module):
+    """The routed experts of a stack of MoE layers, on a leading layer axis: `gate_up` [L, E, D, 2, F] (gate and
+    up side by side), `down` [L, E, F, D] and, where the family has them, `gate_up_bias` [L, E, 2, F] and
+    `down_bias` [L, E, D]. They live outside the layer scan, which passes the whole stack and each layer's
+    index to the dispatch: the scan would otherwise copy every layer's experts out of the stack."""
+
+    config: ModelConfig
+    num_layers: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> ExpertParams:
+        c = self.config
+        l, e, d, f = self.num_layers, c.num_experts, c.hidden_size, c.expert_size
+        init = nn.initializers.normal(0.02)
+        p = {"gate_up": self.param("gate_up", init, (l, e, d, 2, f), self.dtype),
+             "down": self.param("down", init, (l, e, f, d), self.dtype)}
+        if c.expert_bias:
+            p |= {"gate_up_bias": self.param("gate_up_bias", nn.initializers.zeros, (l, e, 2, f), self.dtype),
+                  "down_bias": self.param("down_bias", nn.initializers.zeros, (l, e, d), self.dtype)}
+        return p
+
+
 class MoeBlock(nn.Module):
     """Router -> optional edit -> routing rule -> dropless expert dispatch (+ gated shared expert)."""
 
@@ -74,9 +97,10 @@ class MoeBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, edit: LogitEdit | None, moe_index: Array,
+    def __call__(self, x: Array, edit: LogitEdit | None, moe_index: Array, experts: ExpertParams, slot: Array,
                  route_only: Array | None = None) -> tuple[Array, Array]:
-        """FFN output and raw router logits of x [b, s, D]; `moe_index` (traced) selects the edit's layer.
+        """FFN output and raw router logits of x [b, s, D]; `moe_index` (traced) selects the edit's layer and
+        `slot` (traced) this layer's experts in the stacked `experts` (ExpertStack).
 
         Where `route_only` is true the FFN is skipped (zeros returned): only the router logits are needed.
         """
@@ -85,21 +109,10 @@ class MoeBlock(nn.Module):
         raw = Router(c, self.dtype, name="router")(x)
         gating = raw if edit is None else edit(raw, moe_index)
         weights, index = route(c, gating)
-        e, f = c.num_experts, c.expert_size
-        init = nn.initializers.normal(0.02)
-        p = {"gate": self.param("gate", init, (e, d, f), self.dtype),
-             "up": self.param("up", init, (e, d, f), self.dtype),
-             "down": self.param("down", init, (e, f, d), self.dtype)}
-        if c.expert_bias:
-            zeros = nn.initializers.zeros
-            p |= {"gate_bias": self.param("gate_bias", zeros, (e, f), self.dtype),
-                  "up_bias": self.param("up_bias", zeros, (e, f), self.dtype),
-                  "down_bias": self.param("down_bias", zeros, (e, d), self.dtype)}
-        p = {k: v.astype(x.dtype) for k, v in p.items()}
         act = swiglu if c.expert_activation == "swiglu" else clamped_swiglu(c.swiglu_limit, c.swiglu_alpha)
 
-        def ffn(block: MoeBlock, flat: Array, weights: Array, index: Array, p: dict[str, Array]) -> Array:
-            out = expert_ffn(flat, weights, index, p, act, block.dispatch)
+        def ffn(block: MoeBlock, flat: Array, weights: Array, index: Array, p: ExpertParams) -> Array:
+            out = expert_ffn(flat, weights, index, p, act, block.dispatch, slot)
             if c.shared_expert_size:
                 shared = DenseMLP(c.shared_expert_size, block.dtype, name="shared_expert")(flat)
                 gate = Linear(1, dtype=block.dtype, name="shared_gate")(flat)
@@ -109,7 +122,7 @@ class MoeBlock(nn.Module):
         def skip(block: MoeBlock, flat: Array, *_) -> Array:
             return jnp.zeros_like(flat)
 
-        args = (x.reshape(b * s, d), weights.reshape(b * s, -1).astype(x.dtype), index.reshape(b * s, -1), p)
+        args = (x.reshape(b * s, d), weights.reshape(b * s, -1).astype(x.dtype), index.reshape(b * s, -1), experts)
         out = ffn(self, *args) if route_only is None else nn.cond(route_only, skip, ffn, self, *args)
         return out.reshape(b, s, d), raw
 
@@ -119,12 +132,13 @@ class LayerData(NamedTuple):
 
     window: Array  # int32: sliding window, 0 for full attention
     moe_index: Array  # int32: index among the MoE layers (unused by dense layers)
+    slot: Array  # int32: index of the layer in its stack (selects its experts in ExpertStack)
     route_only: Array | None  # bool: the FFN is skipped (analysis mode's last MoE layer); None: never
     cache: LayerCache | None  # k/v of the layer when decoding with a cache
 
 
 class LayerContext(NamedTuple):
-    """What every layer shares, broadcast into the scan."""
+    """What every layer of a stack shares, broadcast into the scan."""
 
     cos: Array
     sin: Array
@@ -133,6 +147,7 @@ class LayerContext(NamedTuple):
     key_valid: Array  # [b, t] which keys are real tokens
     cache_index: Array | None  # the cache slot the new tokens are written at
     edit: LogitEdit | None
+    experts: ExpertParams | None = None  # the stack's experts (ExpertStack), None for dense layers
 
 
 class DecoderLayer(nn.Module):
@@ -153,7 +168,8 @@ class DecoderLayer(nn.Module):
         x = x + h
         h = Norm(c.norm, c.norm_eps, self.dtype, name="post_norm")(x)
         if self.moe:
-            h, raw = MoeBlock(c, self.dispatch, self.dtype, name="moe")(h, ctx.edit, layer.moe_index, layer.route_only)
+            h, raw = MoeBlock(c, self.dispatch, self.dtype, name="moe")(h, ctx.edit, layer.moe_index, ctx.experts,
+                                                                        layer.slot, layer.route_only)
         else:
             h, raw = DenseMLP(c.dense_size, self.dtype, name="mlp")(h), None
         return x + h, (raw, cache)
@@ -174,7 +190,8 @@ class MoeTransformer(nn.Module):
 
     Layers are grouped into stacks of consecutive layers of one kind (`ModelConfig.layer_stacks`), each a
     `nn.scan` named `stack_{j}` with parameters stacked on a leading layer axis, so compile time does not grow
-    with depth; sliding windows and MoE-layer indices are scanned data.
+    with depth; sliding windows and MoE-layer indices are scanned data. The routed experts of an MoE stack are
+    `experts_{j}` (ExpertStack), outside the scan: each layer's dispatch reads them in place.
 
     `analysis_only=True` computes only the router logits: no layers after the last MoE layer, no FFN in it,
     no final norm or LM head (`logits` is None).
@@ -220,8 +237,11 @@ class MoeTransformer(nn.Module):
             moe = c.moe_layer_flags[layers[0]]
             route_only = np.asarray(layers) == last_moe if analysis_only and last_moe in layers else None
             span = slice(layers[0], layers[-1] + 1)
-            data = LayerData(windows[span], moe_index[span], route_only, None if cache is None else cache.stacks[j])
-            x, (raw, layer_cache) = LayerStack(c, moe, self.dispatch, self.dtype, name=f"stack_{j}")(x, data, ctx)
+            data = LayerData(windows[span], moe_index[span], np.arange(len(layers), dtype=np.int32), route_only,
+                             None if cache is None else cache.stacks[j])
+            experts = ExpertStack(c, len(layers), self.dtype, name=f"experts_{j}")() if moe else None
+            x, (raw, layer_cache) = LayerStack(c, moe, self.dispatch, self.dtype, name=f"stack_{j}")(
+                x, data, ctx._replace(experts=experts))
             trace += [raw] if moe else []
             caches.append(layer_cache)
         router_logits = jnp.concatenate(trace)

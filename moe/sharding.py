@@ -27,16 +27,17 @@ from moe.model import MoeTransformer
 AXES = ("data", "expert", "model")
 BATCH_AXES = ("data", "expert")
 
-# How the routed experts' parameters (MoeBlock's gate/up/down and their biases) lie over the mesh.
+# How the routed experts' parameters (moe.model.ExpertStack, per layer) lie over the mesh: gate_up [E, D, 2, F]
+# has its hidden dimension F split over "model", so every device holds matching gate and up columns.
 EXPERT_RULES: dict[str, tuple[str | None, ...]] = {
-    "gate": ("expert", None, "model"), "up": ("expert", None, "model"), "down": ("expert", "model", None),
-    "gate_bias": ("expert", "model"), "up_bias": ("expert", "model"), "down_bias": ("expert", None),
+    "gate_up": ("expert", None, None, "model"), "down": ("expert", "model", None),
+    "gate_up_bias": ("expert", None, "model"), "down_bias": ("expert", None),
 }
 
 # (regex over the parameter path, one entry per dimension: a mesh axis or None). First match wins;
 # parameters that match no rule (norms, routers, output-projection biases, sinks) are replicated.
 PARTITION_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    *((rf".*/moe/{name}", axes) for name, axes in EXPERT_RULES.items()),
+    *((rf"experts_\d+/{name}", axes) for name, axes in EXPERT_RULES.items()),
     (r".*/(q|k|v|gate|up)/kernel", (None, "model")),
     (r".*/(q|k|v|gate|up)/bias", ("model",)),
     (r".*/(o|down)/kernel", ("model", None)),
@@ -84,13 +85,14 @@ def _fit(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
-    """The PartitionSpec of the parameter at `path` (e.g. "stack_0/moe/gate") with this shape.
+    """The PartitionSpec of the parameter at `path` (e.g. "experts_0/gate_up") with this shape.
 
-    Parameters of a layer stack ("stack_{j}/...") have a leading layer axis, replicated (None); the rules
-    apply to the dimensions after it. Parameters that match no rule are replicated (P()).
+    Parameters of a layer stack ("stack_{j}/..." and its experts "experts_{j}/...") have a leading layer axis,
+    replicated (None); the rules apply to the dimensions after it. Parameters that match no rule are
+    replicated (P()).
     """
     check_axes(mesh)
-    layer_axes = (None,) if re.match(r"stack_\d+/", path) else ()
+    layer_axes = (None,) if re.match(r"(stack|experts)_\d+/", path) else ()
     shape = shape[len(layer_axes):]
     for pattern, axes in PARTITION_RULES:
         if re.fullmatch(pattern, path) and len(axes) == len(shape):
@@ -99,9 +101,12 @@ def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def expert_spec(name: str, shape: Sequence[int], mesh: Mesh) -> P:
-    """The PartitionSpec of the routed-expert parameter `name` ("gate", "down_bias", ...)."""
+    """The PartitionSpec of the routed-expert parameter `name` ("gate_up", "down_bias", ...) of this shape: one
+    layer's, or a stack's with a leading layer axis (replicated)."""
     check_axes(mesh)
-    return _fit(EXPERT_RULES[name], shape, mesh)
+    rule = EXPERT_RULES[name]
+    lead = len(shape) - len(rule)
+    return P(*(None,) * lead, *_fit(rule, shape[lead:], mesh))
 
 
 def _path(keys) -> str:

@@ -1,6 +1,7 @@
 """Sharded runs equal single-device runs. Needs 8 devices: tests/moe/test_sharding.py runs this module in a
 subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 (pytest does not collect it otherwise)."""
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 import moe
 from moe.config import ModelConfig
-from moe.dispatch import expert_ffn
+from moe.dispatch import expert_ffn, megablox_ffn
 from moe.expert_parallel import ExpertParallel, expert_parallel_ffn
 from moe.generate import generate
 from moe.model import MoeTransformer, clamped_swiglu
@@ -64,7 +65,7 @@ def test_forward_stats_and_steering_match_single_device(reference, shape):
     params, ids, mask, edit, expected = reference
     mesh = make_mesh(*shape)
     sharded = shard_params(params, mesh)
-    assert sharded["stack_0"]["moe"]["gate"].sharding.spec == P(None, "expert", None, "model")
+    assert sharded["experts_0"]["gate_up"].sharding.spec == P(None, "expert", None, None, "model")
     got = _run(MoeTransformer(CONFIG, dispatch=ExpertParallel(mesh)), sharded, shard_batch(ids, mesh),
                shard_batch(mask, mesh), edit)
     assert _max_diff(got[3], expected[0]) > 1e-3  # the edit really steers
@@ -84,19 +85,27 @@ def test_generation_matches_single_device(reference):
     np.testing.assert_array_equal(got.tokens, want.tokens)
 
 
-@pytest.mark.parametrize("mode", ["blocked", "ragged", "dense"])
-def test_each_inner_dispatch(mode):
+@pytest.mark.parametrize("mode", ["blocked", "ragged", "dense", "megablox"])
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 8, 1)])
+def test_each_inner_dispatch(mode, mesh_shape):
+    """Expert-parallel dispatch over a layer stack, with each kernel on each device (megablox interpreted),
+    equals the single-device dispatch; with 8 experts over 8 devices, some devices' experts are empty."""
     rng = np.random.RandomState(1)
-    t, d, f, e, k = 32, 16, 8, 8, 3
+    t, d, f, e, k, layers = 32, 16, 8, 8, 3, 2
     x = jnp.asarray(rng.randn(t, d), jnp.float32)
-    index = jnp.asarray(np.argsort(-rng.randn(t, e), -1)[:, :k], jnp.int32)
+    logits = rng.randn(t, e)
+    logits[:, 6:] -= 100  # experts 6 and 7 are never chosen
+    index = jnp.asarray(np.argsort(-logits, -1)[:, :k], jnp.int32)
     weights = jnp.asarray(rng.rand(t, k), jnp.float32)
-    shapes = {"gate": (e, d, f), "up": (e, d, f), "down": (e, f, d), "gate_bias": (e, f), "up_bias": (e, f),
-              "down_bias": (e, d)}
+    shapes = {"gate_up": (layers, e, d, 2, f), "down": (layers, e, f, d), "gate_up_bias": (layers, e, 2, f),
+              "down_bias": (layers, e, d)}
     p = {n: jnp.asarray(0.3 * rng.randn(*s), jnp.float32) for n, s in shapes.items()}
     act = clamped_swiglu(7.0, 1.702)
-    want = jax.jit(expert_ffn, static_argnums=(4, 5))(x, weights, index, p, act, mode)
-    got = jax.jit(expert_parallel_ffn, static_argnums=(4, 5, 6))(x, weights, index, p, act, make_mesh(2, 2, 2), mode)
+    inner = partial(megablox_ffn, interpret=True) if mode == "megablox" else mode
+    layer = jnp.int32(1)
+    want = jax.jit(expert_ffn, static_argnums=(4, 5))(x, weights, index, p, act, "dense", layer)
+    got = jax.jit(expert_parallel_ffn, static_argnums=(4, 5, 6))(x, weights, index, p, act, make_mesh(*mesh_shape),
+                                                                 inner, layer)
     assert _max_diff(got, want) < TOL
 
 
@@ -113,7 +122,7 @@ def test_from_pretrained_places_sharded_arrays(tmp_path):
     mesh = make_mesh(2, 2, 2)
     sharded_model, sharded = moe.from_pretrained(tmp_path / "hf", mesh=mesh)
     _assert_placed(sharded, model.config, mesh)
-    assert sharded["stack_0"]["moe"]["down"].sharding.spec == P(None, "expert", "model", None)
+    assert sharded["experts_0"]["down"].sharding.spec == P(None, "expert", "model", None)
     assert _max_diff(sharded, params) == 0.0
     assert sharded_model.dispatch == ExpertParallel(mesh, "auto")
 
@@ -121,7 +130,7 @@ def test_from_pretrained_places_sharded_arrays(tmp_path):
     other = make_mesh(1, 8, 1)
     _, restored = moe.from_pretrained(tmp_path / "converted", mesh=other)
     _assert_placed(restored, model.config, other)
-    assert restored["stack_0"]["moe"]["gate"].sharding.mesh.shape["expert"] == 8
+    assert restored["experts_0"]["gate_up"].sharding.mesh.shape["expert"] == 8
     assert _max_diff(restored, params) == 0.0
 
 
@@ -138,5 +147,5 @@ def test_bad_meshes_name_the_sizes(tmp_path):
         moe.from_pretrained(tmp_path, mesh=make_mesh(2, 4, 1))
     with pytest.raises(ValueError, match=r"token count \(batch x seq = 6\) divisible by data x expert = 8"):
         expert_parallel_ffn(jnp.zeros((6, 4)), jnp.zeros((6, 1)), jnp.zeros((6, 1), jnp.int32),
-                            {"gate": jnp.zeros((8, 4, 2)), "up": jnp.zeros((8, 4, 2)), "down": jnp.zeros((8, 2, 4))},
+                            {"gate_up": jnp.zeros((8, 4, 2, 2)), "down": jnp.zeros((8, 2, 4))},
                             clamped_swiglu(7.0, 1.702), make_mesh(1, 8, 1))

@@ -76,7 +76,7 @@ def _wrong_shape(t):
     (lambda c: c.update(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}), None,
      UnsupportedConfigError, ["rope", "dynamic"]),
     (lambda c: c.update(hidden_act="gelu"), None, UnsupportedConfigError, ["hidden_act", "gelu"]),
-    (None, _drop_expert, CheckpointError, ["stack_0/moe/up", "layer 1, expert 3"]),
+    (None, _drop_expert, CheckpointError, ["experts_0/up", "layer 1, expert 3"]),
     (None, _add_tensor, CheckpointError, ["left over", "model.layers.0.mlp.bonus.weight"]),
     (None, _wrong_shape, CheckpointError, ["q_proj", "(3, 3)"]),
 ])
@@ -275,3 +275,17 @@ def test_malformed_index_and_converted_config_are_named(tmp_path):
     shutil.rmtree(converted / "params")
     with pytest.raises(CheckpointError, match="without its params/ folder"):
         moe.from_pretrained(converted)
+
+
+def test_folder_in_an_older_parameter_layout_is_refused(tmp_path):
+    """A folder converted before the experts were fused (stack_0/moe/gate, .../up) is named, not half-loaded."""
+    hf = tiny_model("olmoe", num_hidden_layers=1)
+    hf.save_pretrained(tmp_path / "hf")
+    model, params = moe.from_pretrained(tmp_path / "hf")
+    experts = params.pop("experts_0")
+    gate, up = experts["gate_up"][..., 0, :], experts["gate_up"][..., 1, :]
+    params["stack_0"]["moe"] |= {"gate": gate, "up": up, "down": experts["down"]}
+    moe.save_converted(tmp_path / "old", model.config, params)
+    with pytest.raises(CheckpointError, match=r"old: its parameters do not match this version's layout .*"
+                                              r"experts_0/down .*convert the checkpoint again"):
+        moe.from_pretrained(tmp_path / "old")

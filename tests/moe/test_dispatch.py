@@ -1,64 +1,144 @@
-"""Dropless dispatch implementations agree with a NumPy loop over (token, expert) assignments."""
+"""Every dropless dispatch path equals a float64 NumPy loop over (token, expert) assignments to 1e-5 (float32),
+on one layer's experts and on a layer stack read in place; megablox runs in the Pallas interpreter."""
+from functools import partial
+
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe.dispatch import expert_ffn
+from moe.dispatch import DISPATCH_MODES, block_rows, blocked_ffn, expert_ffn, megablox_ffn
 from moe.model import clamped_swiglu, swiglu
 
+PATHS = {"blocked": partial(expert_ffn, mode="blocked"), "ragged": partial(expert_ffn, mode="ragged"),
+         "dense": partial(expert_ffn, mode="dense"), "megablox": partial(megablox_ffn, interpret=True)}
+TOL = 1e-5
 
-def _numpy_reference(x, w, idx, p, act):
-    out = np.zeros_like(x)
+
+def _np_act(bias: bool):
+    """The activations in float64 NumPy: swiglu, or GPT-OSS's clamped swiglu (limit 7, alpha 1.702)."""
+    if not bias:
+        return lambda g, u: g / (1 + np.exp(-g)) * u
+    return lambda g, u: (np.clip(u, -7, 7) + 1) * (np.minimum(g, 7) / (1 + np.exp(-1.702 * np.minimum(g, 7))))
+
+
+def _numpy_reference(x, w, idx, p, bias):
+    """float64 loop; p holds separate gate [E, D, F] and up [E, D, F] (the checkpoint's view)."""
+    act, out = _np_act(bias), np.zeros(x.shape, np.float64)
     for t in range(x.shape[0]):
         for j in range(idx.shape[1]):
             e = idx[t, j]
             g, u = x[t] @ p["gate"][e], x[t] @ p["up"][e]
-            if "gate_bias" in p:
+            if bias:
                 g, u = g + p["gate_bias"][e], u + p["up_bias"][e]
-            y = np.asarray(act(jnp.asarray(g), jnp.asarray(u))) @ p["down"][e]
-            if "down_bias" in p:
-                y = y + p["down_bias"][e]
+            y = act(g, u) @ p["down"][e] + (p["down_bias"][e] if bias else 0)
             out[t] += w[t, j] * y
     return out
 
 
-@pytest.mark.parametrize("mode", ["blocked", "ragged", "dense"])
-@pytest.mark.parametrize("bias", [False, True])
-def test_dispatch_matches_loop(mode, bias):
-    rng = np.random.RandomState(0)
-    t, d, f, e, k = 37, 16, 12, 6, 3
-    x = rng.randn(t, d).astype(np.float32)
-    logits = rng.randn(t, e)
-    logits[:, 5] -= 100  # expert 5 never chosen: empty groups must work
-    idx = np.argsort(-logits, -1)[:, :k].astype(np.int32)
-    w = rng.rand(t, k).astype(np.float32)
-    p = {"gate": rng.randn(e, d, f), "up": rng.randn(e, d, f), "down": rng.randn(e, f, d)}
+def _case(t, d, f, e, k, bias, rng, index=None):
+    """Inputs (float32) and separate-projection params (float64); experts of index e - 1 are never chosen."""
+    x = rng.randn(t, d)
+    if index is None:
+        logits = rng.randn(t, e)
+        logits[:, e - 1] -= 100  # the last expert is never chosen: empty groups must work
+        index = np.argsort(-logits, -1)[:, :k]
+    w = rng.rand(t, index.shape[1])
+    p = {"gate": 0.3 * rng.randn(e, d, f), "up": 0.3 * rng.randn(e, d, f), "down": 0.3 * rng.randn(e, f, d)}
     if bias:
         p |= {"gate_bias": rng.randn(e, f), "up_bias": rng.randn(e, f), "down_bias": rng.randn(e, d)}
-    p = {n: v.astype(np.float32) for n, v in p.items()}
+    x, w = (np.asarray(a, np.float32).astype(np.float64) for a in (x, w))  # float32 values, exactly
+    p = {n: np.asarray(v, np.float32).astype(np.float64) for n, v in p.items()}
+    return x, w, index.astype(np.int32), p
+
+
+def _fused(p):
+    """The model's layout: gate_up [E, D, 2, F] (and gate_up_bias [E, 2, F]), float32."""
+    fused = {"gate_up": np.stack([p["gate"], p["up"]], -2), "down": p["down"]}
+    if "gate_bias" in p:
+        fused |= {"gate_up_bias": np.stack([p["gate_bias"], p["up_bias"]], -2), "down_bias": p["down_bias"]}
+    return {n: jnp.asarray(v, jnp.float32) for n, v in fused.items()}
+
+
+def _run(path, x, w, idx, p, bias, layer=None):
     act = clamped_swiglu(7.0, 1.702) if bias else swiglu
-    got = jax.jit(lambda *a: expert_ffn(*a, act=act, mode=mode))(x, w, idx, p)
-    np.testing.assert_allclose(np.asarray(got), _numpy_reference(x, w, idx, p, act), rtol=2e-5, atol=2e-4)
+    fn = jax.jit(lambda x, w, i, p, l: path(x, w, i, p, act, layer=l))
+    return np.asarray(fn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), idx, p, layer))
 
 
-def test_blocked_handles_skew_across_many_blocks():
-    """All tokens on one expert (many full blocks) plus one token elsewhere: nothing dropped."""
-    from moe.dispatch import blocked_ffn
+def _assert_close(got, want):
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= TOL * scale, (np.abs(got - want).max(), scale)
+
+
+@pytest.mark.parametrize("mode", PATHS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_dispatch_matches_loop(mode, bias):
+    x, w, idx, p = _case(37, 16, 12, 6, 3, bias, np.random.RandomState(0))
+    _assert_close(_run(PATHS[mode], x, w, idx, _fused(p), bias), _numpy_reference(x, w, idx, p, bias))
+
+
+@pytest.mark.parametrize("mode", PATHS)
+def test_layer_of_a_stack(mode):
+    """With a stack [L, ...] and a traced layer index, each path computes that layer's experts."""
+    rng = np.random.RandomState(2)
+    x, w, idx, p0 = _case(29, 16, 8, 5, 2, True, rng)
+    _, _, _, p1 = _case(29, 16, 8, 5, 2, True, rng, index=idx)
+    stack = jax.tree.map(lambda a, b: jnp.stack([a, b]), _fused(p0), _fused(p1))
+    for layer, p in enumerate((p0, p1)):
+        _assert_close(_run(PATHS[mode], x, w, idx, stack, True, jnp.int32(layer)), _numpy_reference(x, w, idx, p, True))
+
+
+@pytest.mark.parametrize("mode", PATHS)
+def test_all_tokens_on_one_expert(mode):
+    """All assignments on expert 0 (many full blocks / tiles), one token on expert 3, the rest empty."""
     rng = np.random.RandomState(1)
-    t, d, f, e = 300, 8, 8, 4
-    x = rng.randn(t, d).astype(np.float32)
-    idx = np.zeros((t, 1), np.int32)
-    idx[7] = 3
-    w = np.ones((t, 1), np.float32)
-    p = {n: rng.randn(*s).astype(np.float32) for n, s in
-         {"gate": (e, d, f), "up": (e, d, f), "down": (e, f, d)}.items()}
-    got = blocked_ffn(jnp.asarray(x), jnp.asarray(w), jnp.asarray(idx), p, swiglu, block=32)
-    np.testing.assert_allclose(np.asarray(got), _numpy_reference(x, w, idx, p, swiglu), rtol=2e-5, atol=2e-4)
+    index = np.zeros((300, 1), np.int32)
+    index[7] = 3
+    x, w, idx, p = _case(300, 8, 8, 4, 1, False, rng, index=index)
+    _assert_close(_run(PATHS[mode], x, w, idx, _fused(p), False), _numpy_reference(x, w, idx, p, False))
+
+
+def test_blocked_block_sizes_and_skew():
+    """Blocks smaller and larger than the groups give the same answer."""
+    x, w, idx, p = _case(64, 8, 8, 4, 2, False, np.random.RandomState(3))
+    want = _numpy_reference(x, w, idx, p, False)
+    for block in (8, 32, 256):
+        got = blocked_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(idx), _fused(p),
+                          swiglu, block=block)
+        _assert_close(np.asarray(got), want)
+
+
+def test_block_rows_rule():
+    assert block_rows(8192, 64) == 64  # OLMoE-shaped, 1k tokens, top-8
+    assert block_rows(8192, 128) == 32  # Qwen3-shaped
+    assert block_rows(24, 128) == 16  # decoding: the smallest blocks
+    assert block_rows(10**6, 8) == 128  # Mixtral-like prefill: the largest
+
+
+def test_blocked_reads_the_stack_in_place():
+    """With a layer index, no op of the blocked path produces a whole layer's experts (no per-layer copy)."""
+    x, w, idx, p = _case(16, 8, 4, 4, 2, False, np.random.RandomState(4))
+    stack = jax.tree.map(lambda a: jnp.stack([a, a, a]), _fused(p))
+    layer_shapes = {v.shape[1:] for v in stack.values()}
+
+    def shapes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (v.aval.shape for v in eqn.outvars)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from shapes(sub)
+
+    jaxpr = jax.make_jaxpr(lambda s, l: blocked_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                                                    jnp.asarray(idx), s, swiglu, layer=l))(stack, jnp.int32(1))
+    assert not layer_shapes & set(shapes(jaxpr.jaxpr))
+    sliced = jax.make_jaxpr(lambda s, l: expert_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                                                    jnp.asarray(idx), s, swiglu, "dense", l))(stack, jnp.int32(1))
+    assert layer_shapes & set(shapes(sliced.jaxpr))  # the check does see a per-layer slice where there is one
 
 
 def test_unknown_mode():
+    assert set(PATHS) | {"auto"} == set(DISPATCH_MODES)
     with pytest.raises(ValueError, match="unknown dispatch mode"):
         expert_ffn(jnp.zeros((2, 4)), jnp.ones((2, 1)), jnp.zeros((2, 1), jnp.int32),
-                   {"gate": jnp.zeros((2, 4, 3)), "up": jnp.zeros((2, 4, 3)), "down": jnp.zeros((2, 3, 4))},
-                   swiglu, mode="magic")
+                   {"gate_up": jnp.zeros((2, 4, 2, 3)), "down": jnp.zeros((2, 3, 4))}, swiglu, mode="magic")

@@ -231,7 +231,8 @@ def test_gpt_oss_mxfp4_checkpoint_matches_hf_dequantised_model(tmp_path):
     hf.config._attn_implementation = "eager"
     model, params = moe.from_pretrained(tmp_path)
     expected = hf.model.layers[0].mlp.experts.gate_up_proj.detach().numpy()
-    np.testing.assert_array_equal(np.asarray(params["stack_0"]["moe"]["gate"][0]), expected[..., 0::2])
+    np.testing.assert_array_equal(np.asarray(params["experts_0"]["gate_up"][0, :, :, 0]), expected[..., 0::2])
+    np.testing.assert_array_equal(np.asarray(params["experts_0"]["gate_up"][0, :, :, 1]), expected[..., 1::2])
     forward, _ = _jitted(model)
     _assert_parity(hf, model, forward, params, *_batch((0, 3)))
 

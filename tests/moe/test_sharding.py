@@ -17,10 +17,11 @@ MESH = AbstractMesh((2, 4, 2), AXES)  # data 2, expert 4, model 2
 
 
 @pytest.mark.parametrize(("path", "shape", "spec"), [
-    ("stack_1/moe/gate", (3, 8, 32, 16), P(None, "expert", None, "model")),  # stacked: leading layer axis
-    ("stack_1/moe/down", (3, 8, 16, 32), P(None, "expert", "model", None)),
-    ("stack_1/moe/up_bias", (3, 8, 16), P(None, "expert", "model")),
-    ("stack_1/moe/down_bias", (3, 8, 32), P(None, "expert", None)),
+    ("experts_1/gate_up", (3, 8, 32, 2, 16), P(None, "expert", None, None, "model")),  # leading layer axis
+    ("experts_1/down", (3, 8, 16, 32), P(None, "expert", "model", None)),
+    ("experts_1/gate_up_bias", (3, 8, 2, 16), P(None, "expert", None, "model")),
+    ("experts_1/down_bias", (3, 8, 32), P(None, "expert", None)),
+    ("experts_1/gate_up", (3, 8, 32, 2, 15), P(None, "expert", None, None, None)),  # "model" does not divide 15
     ("stack_1/moe/router/proj/kernel", (3, 32, 8), P()),
     ("stack_1/moe/shared_expert/up/kernel", (3, 32, 24), P(None, None, "model")),
     ("stack_1/moe/shared_gate/kernel", (3, 32, 1), P()),
@@ -45,7 +46,7 @@ def test_bad_meshes_name_the_sizes():
     with pytest.raises(ValueError, match=r"expert=2 x model=1 does not divide the 1 devices"):
         make_mesh(expert=2, devices=one)
     with pytest.raises(ValueError, match="expert axis size 4 does not divide the number of experts 6"):
-        partition_spec("stack_0/moe/gate", (2, 6, 32, 16), MESH)
+        partition_spec("experts_0/gate_up", (2, 6, 32, 2, 16), MESH)
     with pytest.raises(ValueError, match="mesh axes"):
         partition_spec("embed", (64, 32), AbstractMesh((2, 4), ("data", "model")))
 
