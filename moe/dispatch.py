@@ -4,8 +4,9 @@
 and up projections side by side, so one [rows, D] x [D, 2F] matmul computes both. The parameters of a whole
 layer stack may be passed ([L, E, ...]) with the `layer` index: the blocked path then reads each block's
 expert weights straight out of the stack, so no per-layer copy of the experts is made. Implementations:
-- "blocked": sort assignments by expert, cut each expert's rows into blocks of `block_rows(...)` rows and
-  `lax.scan` one block at a time (empty trailing blocks are skipped with `lax.cond`). Fast on CPU.
+- "blocked": sort assignments by expert; `lax.scan` over the experts, each reading its weights once and
+  running its rows through in blocks of `block_rows(...)` rows (empty experts and blocks are skipped with
+  `lax.cond`). Fast on CPU.
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows.
 - "megablox": the Pallas TPU grouped matmul `jax.experimental.pallas.ops.tpu.megablox.gmm` (MaxText's default
   for dropless MoE on TPU) over the same rows; `interpret=True` runs it anywhere (slowly), for tests.
@@ -37,15 +38,13 @@ DISPATCH_MODES = ("auto", "blocked", "ragged", "megablox", "dense")
 
 
 def block_rows(num_assignments: int, num_experts: int) -> int:
-    """Rows per block of the blocked dispatch, by the average rows per expert (measured on CPU, README).
-
-    Each expert pads its last block, so larger blocks waste about num_experts x block / 2 rows while smaller
-    ones run smaller, slower matmuls: half the average rows per expert, a power of two in [16, 128], measured
-    best (64 for 8k assignments over 64 experts, 32 over 128 experts).
-    """
+    """Rows per block of the blocked dispatch: the average rows per expert rounded up to a power of two, in
+    [8, 64]. Measured on CPU (`scripts/benchmark.py --block-sweep`, README): at 64-128 rows per expert, 64-row
+    blocks beat 16 and 32 by 1.3-2x (small matmuls run slowly) and 128 by 0-20% (more padding); with few rows
+    per expert (decoding), smaller blocks avoid computing mostly padding."""
     average = num_assignments / max(num_experts, 1)
-    block = 16
-    while block < 128 and 4 * block <= average:
+    block = 8
+    while block < 64 and block < average:
         block *= 2
     return block
 
@@ -96,49 +95,46 @@ def _sorted_assignments(index: Array, num_experts: int) -> tuple[Array, Array, A
 
 def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
                 layer: Array | None = None, block: int | None = None) -> Array:
-    """Sorted, block-padded per-expert matmuls under lax.scan; `block` rows per block (default `block_rows`).
+    """Per-expert matmuls over the expert-sorted rows, `block` rows at a time (default `block_rows`).
 
-    With `layer`, each block reads its [D, 2F] and [F, D] expert weights out of the stacked parameters.
+    A `lax.scan` over the experts reads each expert's [D, 2F] and [F, D] weights once (straight out of the
+    stack when `layer` is given) and scans that expert's rows block by block, skipping empty experts and
+    blocks with `lax.cond`. Each block writes its rows in place into the sorted output; the rows a last,
+    partial block writes past its expert are rewritten by the experts after it (or land in a spare block).
     """
     p = {name: jnp.asarray(value) for name, value in p.items()}
-    num_experts = p["gate_up"].shape[-4]
-    d, f = p["gate_up"].shape[-3], p["gate_up"].shape[-1]
+    num_experts, d, _, f = p["gate_up"].shape[-4:]
     n = index.size
     block = min(block or block_rows(n, num_experts), max(8, n))
-    tokens, experts, position, sizes = _sorted_assignments(index, num_experts)
-    blocks_per_expert = (sizes + block - 1) // block
-    block_end = jnp.cumsum(blocks_per_expert)
-    first_block = block_end - blocks_per_expert
+    tokens, _, position, sizes = _sorted_assignments(index, num_experts)
     row_start = jnp.cumsum(sizes) - sizes
-    num_blocks = -(-n // block) + min(num_experts, n)  # static bound on sum(ceil(size_e / block))
-    b = jnp.arange(num_blocks)
-    block_expert = jnp.minimum(jnp.searchsorted(block_end, b, side="right"), num_experts - 1)
-    offset = (b - first_block[block_expert])[:, None] * block + jnp.arange(block)[None, :]
-    valid = (offset < sizes[block_expert][:, None]) & (b < block_end[-1])[:, None]
-    row_tokens = tokens[jnp.where(valid, row_start[block_expert][:, None] + offset, 0)]
-    # the padded row of each assignment: its expert's first block, plus its rank among the expert's rows
-    # (row 0 for assignments to experts outside this shard's range, which carry weight 0)
-    sorted_expert = jnp.minimum(experts, num_experts - 1)
-    padded = first_block[sorted_expert] * block + jnp.arange(n) - row_start[sorted_expert]
-    padded = jnp.where(experts < num_experts, padded, 0)
+    max_blocks = -(-min(index.shape[0], n) // block)  # an expert takes each token at most once
+    tokens = jnp.pad(tokens, (0, block))
 
     def weight(name: str, e: Array) -> Array:
         return p[name][e] if layer is None else p[name][layer, e]
 
-    def one_block(_, inputs):
-        e, toks, active = inputs
+    def one_expert(out: Array, e: Array) -> tuple[Array, None]:
+        def run(out: Array) -> Array:
+            gate_up, down = weight("gate_up", e).reshape(d, 2 * f), weight("down", e)
+            gate_up_bias = weight("gate_up_bias", e).reshape(2 * f) if "gate_up_bias" in p else 0
+            down_bias = weight("down_bias", e) if "down_bias" in p else 0
 
-        def compute(_):
-            h = x[toks] @ weight("gate_up", e).reshape(d, 2 * f)
-            if "gate_up_bias" in p:
-                h = h + weight("gate_up_bias", e).reshape(2 * f)
-            y = _split(h, act) @ weight("down", e)
-            return y + weight("down_bias", e) if "down_bias" in p else y
+            def one_block(out: Array, i: Array) -> tuple[Array, None]:
+                def compute(out: Array) -> Array:
+                    start = row_start[e] + i * block
+                    rows = x[jax.lax.dynamic_slice_in_dim(tokens, start, block)]
+                    y = _split(rows @ gate_up + gate_up_bias, act) @ down + down_bias
+                    return jax.lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), start, 0)
 
-        return None, jax.lax.cond(active, compute, lambda _: jnp.zeros((block, d), x.dtype), None)
+                return jax.lax.cond(i * block < sizes[e], compute, lambda out: out, out), None
 
-    _, ys = jax.lax.scan(one_block, None, (block_expert, row_tokens, valid[:, 0]))
-    return _combine(ys.reshape(-1, d), padded[position], weights, x.dtype)
+            return jax.lax.scan(one_block, out, jnp.arange(max_blocks))[0]
+
+        return jax.lax.cond(sizes[e] > 0, run, lambda out: out, out), None
+
+    out, _ = jax.lax.scan(one_expert, jnp.zeros((n + block, d), x.dtype), jnp.arange(num_experts))
+    return _combine(out, position, weights, x.dtype)
 
 
 def _grouped_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, layer: Array | None,

@@ -111,10 +111,11 @@ def test_blocked_block_sizes_and_skew():
 
 
 def test_block_rows_rule():
-    assert block_rows(8192, 64) == 64  # OLMoE-shaped, 1k tokens, top-8
-    assert block_rows(8192, 128) == 32  # Qwen3-shaped
-    assert block_rows(24, 128) == 16  # decoding: the smallest blocks
-    assert block_rows(10**6, 8) == 128  # Mixtral-like prefill: the largest
+    assert block_rows(8192, 64) == 64  # OLMoE-shaped, 1k tokens, top-8: 128 rows per expert
+    assert block_rows(8192, 128) == 64  # Qwen3-shaped: 64 rows per expert
+    assert block_rows(8 * 8, 64) == 8  # decoding 8 sequences: about one row per expert
+    assert block_rows(256 * 8, 128) == 16  # 256 tokens over 128 experts: 16 rows per expert
+    assert block_rows(10**6, 8) == 64
 
 
 def test_blocked_reads_the_stack_in_place():
