@@ -3,7 +3,7 @@ setting's name), its default read from the settings dataclass or function the sc
 defaults are the library's; and a user's mistake reported as one line, ``PROG: error: MESSAGE``, exit status 2.
 
 A flag means the same everywhere: ``--data-dir`` is the source folder laid out like shared/data
-(``source_dir``), ``--tfds-dir`` where TFDS keeps prepared data, ``--chat``/``--plain`` whether prompts and
+(``source_dir``), ``--tfds-dir`` the cache folder of prepared data sets, ``--chat``/``--plain`` whether prompts and
 passages go through the chat template (the scripts' default), ``--no-progress`` hides progress bars.
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Flag:
 FLAGS: dict[str, Flag] = {
     "model": Flag("--model", "HF checkpoint folder, converted folder or hub id"),
     "source_dir": Flag("--data-dir", "folder laid out like shared/data", dict(type=Path)),
-    "tfds_dir": Flag("--tfds-dir", "where TFDS keeps prepared data (default: its own)", dict(type=Path)),
+    "tfds_dir": Flag("--tfds-dir", "cache folder of prepared data sets (default: $MOE_TFDS_DIR, else tfds in the user "
+                     "cache folder, ~/.cache/moe-routing/tfds)", dict(type=Path)),
     "out_dir": Flag("--out", "output folder", dict(type=Path)),
     "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes", dict(type=_codes)),
     "reference": Flag("--reference", "reference language"),
