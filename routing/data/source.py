@@ -68,8 +68,8 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     read), keyed by the content of the local source files (module docstring); reading them back takes the
     same ``source_dir``, whose files are not read again while unchanged. Subclasses give each split's records
     in source order (``_splits``); they are stored language by language (``by_language``), so
-    ``read_records`` finds a language's rows by bisection. Builders are not registered with TFDS by name (``tfds.builder``); construct the
-    classes directly.
+    ``read_records`` finds a language's rows by bisection. Builders are not registered with TFDS by name
+    (``tfds.builder``); construct the classes directly.
     """
 
     VERSION = tfds.core.Version("1.1.0")
