@@ -40,5 +40,6 @@ __all__ = [
     "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
     "Mgsm", "PAPER_LANGUAGES", "REFERENCE", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts",
     "flores_code", "flores_language", "flores_languages", "length_buckets", "load_passages",
-    "load_tokenizer", "parse_number", "read_records", "record_languages", "tokenize_records", "validate_flores_languages",
+    "load_tokenizer", "parse_number", "read_records", "record_languages", "tokenize_records",
+    "validate_flores_languages",
 ]

@@ -54,7 +54,8 @@ class Flores200(SourceBuilder):
     name = "flores200_devtest"
     DESCRIPTION = "FLORES-200 devtest, aligned across languages."
     HOMEPAGE = "https://github.com/facebookresearch/flores/tree/main/flores200"
-    BUILDER_CONFIGS = [Flores200Config(name=unit, unit=unit, description=f"FLORES-200 devtest {unit}") for unit in UNITS]
+    BUILDER_CONFIGS = [Flores200Config(name=unit, unit=unit, description=f"FLORES-200 devtest {unit}")
+                       for unit in UNITS]
     DEFAULT_CONFIG_NAME = "passages"
 
     def _languages(self) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""What is kept between runs: the cache folder (and the prepared data sets in it), and content keys that tie cached results to their inputs.
+"""What is kept between runs: the cache folder (and the prepared data sets in it), and content keys that tie
+cached results to their inputs.
 
 ``content_key(files)`` digests the names and the bytes of a set of files (SHA-256, streamed in 1 MiB
 chunks), so whatever is keyed by it (resumable results, prepared data sets) changes when any byte of any

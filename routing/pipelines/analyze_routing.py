@@ -3,7 +3,8 @@
 `plan_analysis` checks every input before any data is prepared or weights are loaded (unknown language codes
 with close matches, missing data files, a path that is not a model, a tokenizer without a chat template,
 stored results computed under other settings); `prepare` then reads the passages, checks stored results
-against the model inputs too, and loads the model; `execute` analyses the languages not already stored and writes, in ``out_dir``:
+against the model inputs too, and loads the model; `execute` analyses the languages not already stored and
+writes, in ``out_dir``:
 
 - ``languages/{code}.npz``: per-passage summaries of each language (`routing.outputs.store.LanguageStore`),
   saved atomically as each language completes, tagged with the settings they were computed under;
