@@ -23,8 +23,8 @@ def build_parser():
     parser = new_parser(__doc__)
     add_flags(parser, run_expert_search, "model", "source_dir", source_dir="folder laid out like shared/data "
                                                                            "(default: download)")
-    add_flags(parser, ExpertSettings, "task", task=f"one of {', '.join(EXPERT_TASKS)} (mgsm: GSM8K train as task "
-                                                   "data; medical: MedInstruct)")
+    add_flags(parser, ExpertSettings, "task", choices={"task": EXPERT_TASKS},
+              task="the task whose experts are found (mgsm: GSM8K train as task data; medical: MedInstruct)")
     rule = parser.add_mutually_exclusive_group(required=True)
     rule.add_argument("--tau", type=float, help="select experts with Delta > tau")
     rule.add_argument("--top-n", type=int, help="select the N experts with the largest Delta in the window")

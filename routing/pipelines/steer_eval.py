@@ -42,7 +42,7 @@ from moe.atomic import atomic_path, check_output_folder
 from routing import steering
 from routing.analysis import divergence_curves
 from routing.data.flores import load_passages
-from routing.data.languages import REFERENCE, flores_language
+from routing.data.languages import REFERENCE, flores_language, flores_languages, validate_flores_languages
 from routing.eval.results import ALL, ItemResult, accuracy_table, paired_table
 from routing.eval.tasks import EvalSettings, TaskData, get_task, load_task, run_task
 from routing.experts import random_experts, select_experts
@@ -248,6 +248,10 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     steer = SteerSettings(window=window, mode=config.mode, lam=config.lam, eps=config.eps, eps_std=config.eps_std,
                           control=config.control, seed=config.seed)
     plans = plan_steering(experts, steer, languages, model_config.num_moe_layers, model_config.num_experts)
+    others = [lang for lang in languages if lang != REFERENCE]
+    if config.correlation and config.divergence is None and len(others) >= 3 and config.source_dir is not None:
+        # the correlation reads these languages' FLORES passages after both runs: check the files now
+        validate_flores_languages([REFERENCE, *others], flores_languages(Path(config.source_dir) / "flores200"))
     curves = None
     if config.correlation and config.divergence is not None:
         curves = read_divergence_table(config.divergence)
