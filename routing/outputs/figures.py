@@ -79,7 +79,7 @@ def plot_divergence_curves(
         ax.grid(alpha=0.3)
         ax.yaxis.set_tick_params(labelleft=True)
     if bands:
-        axes[-1].fill_between([], [], [], color="0.5", alpha=0.3, label=band_label)
+        axes[-1].fill_between([], [], [], color="C0", alpha=0.15, label=band_label)
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle(caption, fontsize=10)
     _save(fig, path)
