@@ -1,6 +1,5 @@
 """Multiple choice by log-likelihood: prompts, parity with HF PyTorch and with a slow per-option loop
 (padding, options of different lengths and counts, one-token options, edits), progress, accuracy."""
-import jax
 import numpy as np
 import pytest
 import torch
