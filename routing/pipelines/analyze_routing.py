@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 import moe
 from moe.atomic import check_output_folder
-from routing.analysis import select_middle_window, statistics_fn
+from routing.analysis import divergence_intervals, select_middle_window, statistics_fn
 from routing.data.flores import load_passages
 from routing.data.languages import PAPER_LANGUAGES, REFERENCE, flores_languages, validate_flores_languages
 from routing.data.tokenize import TokenBatch
-from routing.outputs.figures import plot_divergence_curves, plot_expert_usage
+from routing.outputs.figures import NORMALISED_JSD, RAW_JSD, plot_divergence_curves, plot_expert_usage
 from routing.outputs.files import StaleResultError, write_json
 from routing.outputs.store import LanguageStore
 from routing.outputs.tables import routing_table, window_record, write_table_csv
@@ -222,7 +222,7 @@ def analyze_languages(prepared: PreparedAnalysis) -> dict[str, CorpusRouting]:
     """Each language's summaries: loaded when stored under the same settings, else computed and stored."""
     config = prepared.config
     total = sum(key is not None for rows in prepared.batches.values() for batch in rows for key in batch.keys)
-    with tqdm(total=total, unit="passage", disable=not config.progress) as bar:
+    with tqdm(total=total, desc="FLORES routing", unit="passage", disable=not config.progress) as bar:
         return route_languages(prepared.model, prepared.params, prepared.batches, seed=config.seed,
                                stats_fn=statistics_fn(prepared.model, num_pairs=config.num_pairs),
                                progress=bar.update, store=prepared.store, settings=prepared.settings,
@@ -256,10 +256,16 @@ def execute(prepared: PreparedAnalysis) -> dict[str, Path]:
 
     write_table_csv(paths["routing_table.csv"], table, moe_layers)
     write_json(paths["middle_window.json"], window_info)
-    plot_divergence_curves({"normalised divergence": curves, "raw JSD": raw}, window,
-                           paths["divergence_by_layer.png"], reference=reference)
+    passages = len(corpora[reference].keys)
+    caption = (f"{Path(prepared.settings[reference]['model']).name}: FLORES-200 devtest, {passages} passages in "
+               f"each of {len(corpora)} languages")
+    bands = {measure: divergence_intervals(corpora, reference, normalized, seed=config.seed)
+             for measure, normalized in ((NORMALISED_JSD, True), (RAW_JSD, False))}
+    plot_divergence_curves({NORMALISED_JSD: curves, RAW_JSD: raw}, window, paths["divergence_by_layer.png"],
+                           reference=reference, measure={NORMALISED_JSD: NORMALISED_JSD, RAW_JSD: RAW_JSD},
+                           caption=caption, bands=bands)
     plot_expert_usage({code: corpus.activation_rate for code, corpus in corpora.items()}, heatmap_layers,
-                      paths["expert_usage.png"], decoder_layers=moe_layers)
+                      paths["expert_usage.png"], decoder_layers=moe_layers, caption=caption)
     common = {key: value for key, value in prepared.settings[reference].items() if key != "inputs_sha1"}
     write_json(paths["routing_table.json"], {
         "reference": reference, "languages": list(prepared.languages), "moe_layers": moe_layers,

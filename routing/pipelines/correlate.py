@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from moe.atomic import check_output_folder
 from routing.analysis import divergence_curves
@@ -34,7 +35,7 @@ from routing.data.belebele import belebele_languages
 from routing.data.languages import flores_language
 from routing.eval.results import ItemResult, accuracy_table
 from routing.eval.tasks import EvalSettings, TaskData, load_task, run_task
-from routing.outputs.figures import plot_correlation
+from routing.outputs.figures import NORMALISED_JSD, plot_correlation
 from routing.outputs.files import write_csv, write_json
 from routing.outputs.store import ItemStore
 from routing.pipelines import analyze_routing
@@ -120,13 +121,18 @@ def _belebele(prepared: PreparedCorrelation) -> dict[str, list[ItemResult]]:
     """Each language's BELEBELE items: stored ones reused, the others scored and stored."""
     store = ItemStore(Path(prepared.config.out_dir) / "belebele")
     results = {}
-    for code, data in prepared.tasks.items():
-        items = None if prepared.config.restart else store.load(code, prepared.belebele_settings)
-        if items is None:
-            loaded = prepared.loaded
-            items = run_task(loaded.model, loaded.params, loaded.tokenizer, data, prepared.eval_settings)
-            store.save(code, items, prepared.belebele_settings)
-        results[code] = items
+    total = sum(len(data.records) for data in prepared.tasks.values())
+    with tqdm(total=total, desc="BELEBELE", unit="item", disable=not prepared.config.progress) as bar:
+        for code, data in prepared.tasks.items():
+            items = None if prepared.config.restart else store.load(code, prepared.belebele_settings)
+            if items is None:
+                loaded = prepared.loaded
+                items = run_task(loaded.model, loaded.params, loaded.tokenizer, data, prepared.eval_settings,
+                                 progress=bar.update)
+                store.save(code, items, prepared.belebele_settings)
+            else:
+                bar.update(len(items))
+            results[code] = items
     return results
 
 
@@ -171,9 +177,13 @@ def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
     write_csv(out / "divergence_by_layer.csv",
                [{"language": code, "moe_layer": layer, "decoder_layer": moe_layers[layer], "divergence": float(v)}
                 for code, curve in curves.items() for layer, v in enumerate(np.asarray(curve))])
+    items_each = min(accuracy[code]["n"] for code in stats["languages"]) if stats["languages"] else 0
     plot_correlation(stats["divergence"], stats["accuracy"], stats, out / "correlation.png",
-                     xlabel=f"mean routing divergence from {reference}, MoE layers {window.first}-{window.last}\n"
-                            "(entropy-normalised JSD)",
-                     ylabel="BELEBELE accuracy", title=f"{model_name}: routing divergence vs BELEBELE")
+                     xlabel=f"mean {NORMALISED_JSD} from {reference},\nMoE layers {window.first}-{window.last} "
+                            f"(FLORES-200, {len(corpora[reference].keys)} passages)",
+                     ylabel="BELEBELE accuracy (baseline)",
+                     caption=f"{model_name}: routing divergence vs BELEBELE, {items_each} items per language",
+                     accuracy_intervals={code: (accuracy[code]["ci_low"], accuracy[code]["ci_high"])
+                                         for code in stats["languages"]})
     write_json(out / "correlation.json", record)
     return record
