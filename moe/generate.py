@@ -56,7 +56,7 @@ def _decode(model: MoeTransformer, max_new_tokens: int, params, input_ids: Array
     cache = KVCache.create(model.config, batch, prompt_len + max_new_tokens - 1, model.dtype)
 
     def step(ids: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
-        out = model.apply({"params": params}, ids, mask, edit, cache=cache)
+        out = model.apply({"params": params}, ids, mask, edit, cache=cache, last_only=True)
         return jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32), out.cache
 
     first, cache = step(input_ids, attention_mask, cache)

@@ -28,7 +28,7 @@ LogitEdit = Callable[[Array, Array], Array]
 class MoeOutput:
     """What the model returns: next-token logits and the trace of raw router logits of every MoE layer."""
 
-    logits: Array | None  # [batch, seq, vocab] float32 (None in analysis mode)
+    logits: Array | None  # [batch, seq, vocab] float32 ([batch, 1, vocab] with last_only; None in analysis mode)
     router_logits: Array  # [moe_layers, batch, seq, experts], raw: before any edit
     cache: KVCache | None = None  # the updated cache when one was passed in
 
@@ -194,7 +194,9 @@ class MoeTransformer(nn.Module):
     `experts_{j}` (ExpertStack), outside the scan: each layer's dispatch reads them in place.
 
     `analysis_only=True` computes only the router logits: no layers after the last MoE layer, no FFN in it,
-    no final norm or LM head (`logits` is None).
+    no final norm or LM head (`logits` is None). `last_only=True` computes the logits of the last position
+    only (`logits` [b, 1, vocab]): all that greedy decoding or scoring the next token needs, without the LM
+    head's cost at every other position.
 
     With `cache`, input_ids [b, s] are the next s tokens: they are written at the cache's next slots,
     `attention_mask` [b, s] marks which of them are real, and positions continue from the real tokens
@@ -208,7 +210,7 @@ class MoeTransformer(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, edit: LogitEdit | None = None,
                  positions: Array | None = None, analysis_only: bool = False,
-                 cache: KVCache | None = None) -> MoeOutput:
+                 cache: KVCache | None = None, last_only: bool = False) -> MoeOutput:
         c = self.config
         check_inputs(c.vocab_size, input_ids, attention_mask)
         check_edit(c, edit)
@@ -249,6 +251,8 @@ class MoeTransformer(nn.Module):
             return MoeOutput(logits=None, router_logits=router_logits)
         if cache is not None:
             cache = cache.replace(stacks=tuple(caches), index=cache.index + s)
+        if last_only:
+            x = x[:, -1:]
         x = Norm(c.norm, c.norm_eps, self.dtype, name="final_norm")(x)
         if c.tie_embeddings:
             logits = x @ embed.T.astype(x.dtype)

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe.inputs import check_inputs
-from routing.divergence import divergence_from_reference
+from routing.divergence import divergence_from_reference, entropy_normalized_jsd, jsd
+from routing.scoring import bootstrap_mean_interval
 from routing.stats import CorpusRouting, sequence_statistics
 from routing.window import Window
 
@@ -63,22 +64,35 @@ def analyze_corpus(model, params, batches: Iterable, *, seed: int = 0, num_pairs
                          cat("consistency", 1))
 
 
-def divergence_curves(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True
-                      ) -> dict[str, np.ndarray]:
-    """Per-layer divergence [L] of every language from `reference`, averaged over aligned sequences."""
+def _aligned_pairs(corpora: dict[str, CorpusRouting], reference: str
+                   ) -> Iterable[tuple[str, CorpusRouting, CorpusRouting]]:
+    """(language, reference rows, language rows) over the sequences both have, for every other language."""
     if reference not in corpora:
         raise KeyError(f"reference language {reference!r} was not analysed (have: {sorted(corpora)})")
     ref = corpora[reference]
-    curves = {}
     for lang, corpus in corpora.items():
         if lang == reference:
             continue
         shared = [k for k in ref.keys if k in set(corpus.keys)]
         if not shared:
             raise ValueError(f"{lang} shares no alignment keys with {reference}")
-        a, b = ref.aligned(shared), corpus.aligned(shared)
-        curves[lang] = np.asarray(divergence_from_reference(a.q, b.q, normalized=normalized))
-    return curves
+        yield lang, ref.aligned(shared), corpus.aligned(shared)
+
+
+def divergence_curves(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """Per-layer divergence [L] of every language from `reference`, averaged over aligned sequences."""
+    return {lang: np.asarray(divergence_from_reference(a.q, b.q, normalized=normalized))
+            for lang, a, b in _aligned_pairs(corpora, reference)}
+
+
+def divergence_intervals(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True, *,
+                         n_boot: int = 1000, conf: float = 0.95, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per language, [2, L]: the percentile bootstrap interval (low, high) of `divergence_curves`' mean,
+    resampling aligned sequences (the same draws for every layer)."""
+    divergence = entropy_normalized_jsd if normalized else jsd
+    return {lang: np.stack(bootstrap_mean_interval(np.asarray(divergence(a.q, b.q)), n_boot, seed, conf))
+            for lang, a, b in _aligned_pairs(corpora, reference)}
 
 
 def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, margin: int = 0) -> Window:

@@ -94,21 +94,32 @@ def mcnemar_test(base_correct: Sequence, steer_correct: Sequence) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def bootstrap_mean_interval(values: Any, n_boot: int = 10_000, seed: int = 0,
+                            conf: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval (low, high) of the mean over the last axis of ``values`` [..., n],
+    resampling its n entries with the same draws for every leading index (e.g. passages shared by layers)."""
+    v = np.asarray(values, np.float64)
+    if v.ndim < 1 or v.shape[-1] < 1:
+        raise ValueError(f"need at least one value along the last axis, got shape {v.shape}")
+    if n_boot < 1 or not 0 < conf < 1:
+        raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
+    n = v.shape[-1]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // v.size)
+    means = np.concatenate(
+        [v[..., rng.integers(0, n, (min(chunk, n_boot - i), n))].mean(-1) for i in range(0, n_boot, chunk)], axis=-1)
+    alpha = (1 - conf) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha], axis=-1)
+    return low, high
+
+
 def paired_bootstrap_ci(
     base: Sequence, steer: Sequence, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95
 ) -> Interval:
     """Percentile bootstrap interval of accuracy(steer) - accuracy(base), resampling items jointly."""
     b, s = _paired(base, steer)
-    if n_boot < 1 or not 0 < conf < 1:
-        raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
     diff = s.astype(np.float64) - b
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // diff.size)
-    means = np.concatenate(
-        [diff[rng.integers(0, diff.size, (min(chunk, n_boot - i), diff.size))].mean(1) for i in range(0, n_boot, chunk)]
-    )
-    alpha = (1 - conf) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
+    low, high = bootstrap_mean_interval(diff, n_boot, seed, conf)
     return Interval(float(diff.mean()), float(low), float(high))
 
 

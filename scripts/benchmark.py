@@ -11,6 +11,12 @@ writes everything to a JSON file.
 Peak memory is the device's peak bytes in use on an accelerator, and on CPU the process's peak resident set
 (VmHWM, reset before each measured framework), so it includes the framework's own runtime. HF runs and is
 freed before the JAX model is loaded, so neither peak holds the other's weights.
+
+The evaluation benchmark (``--only eval``; also part of the default ``--only all``) runs on a tiny
+OLMoE-shaped config (hidden 64, vocabulary 50304): multiple-choice scoring tokens/s against the plain
+forward's tokens/s over the same tokens, and greedy generation tokens/s against HF ``generate`` on the
+same prompts. It reports the median and min-max over ``--reps`` repetitions and gives no verdict from
+fewer than 3.
 """
 from __future__ import annotations
 
@@ -40,9 +46,12 @@ CONFIGS = {
     "qwen3_30b": dict(family="qwen3_moe", hidden=2048, layers=2, heads=32, kv_heads=4, head_dim=128, experts=128,
                       top_k=8, expert_size=768, vocab=8192),
 }
+EVAL_SPEC = dict(family="olmoe", hidden=64, layers=4, heads=4, kv_heads=4, experts=8, top_k=2, expert_size=64,
+                 vocab=50304)
+EVAL_TARGETS = {"scoring_vs_forward": 0.7}
+MIN_VERDICT_REPS = 3
 TARGETS = {"forward_speedup": 2.0, "analysis_speedup": 3.0, "steering_overhead": 0.03, "peak_fraction": 0.70,
            "conversion_memory_ratio": 1.3}
-MIN_REPS_FOR_VERDICTS = 3
 
 
 def hf_config(spec: dict, layers: int):
@@ -86,7 +95,7 @@ def timed(fn, reps: int) -> list[float]:
 def rates(amount: float, times: list[float]) -> dict:
     """amount / seconds: median, min and max over the repetitions."""
     values = sorted(amount / t for t in times)
-    return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1], "reps": len(values)}
 
 
 def _status_kb(key: str) -> int:
@@ -248,10 +257,10 @@ def block_sweep(spec: dict, tokens: int, reps: int, blocks=(16, 32, 64, 128)) ->
 
 
 def verdicts(name: str, r: dict) -> list[str]:
-    """PASS/FAIL per target; none from fewer than MIN_REPS_FOR_VERDICTS repetitions."""
-    if r["reps"] < MIN_REPS_FOR_VERDICTS:
+    """PASS/FAIL per target; none from fewer than MIN_VERDICT_REPS repetitions."""
+    if r["reps"] < MIN_VERDICT_REPS:
         return [f"{name}: PASS/FAIL not shown: {r['reps']} repetition{'s' * (r['reps'] != 1)} "
-                f"(at least {MIN_REPS_FOR_VERDICTS} needed)"]
+                f"(at least {MIN_VERDICT_REPS} needed)"]
     t = TARGETS
     checks = [
         ("forward_speedup", r["forward_speedup"] >= t["forward_speedup"],
@@ -268,17 +277,13 @@ def verdicts(name: str, r: dict) -> list[str]:
     return [f"{'PASS' if ok else 'FAIL'} {name} {what}: {text}" for what, ok, text in checks]
 
 
-def _spread(r: dict) -> str:
-    return f"{r['median']:.0f} ({r['min']:.0f}-{r['max']:.0f})"
-
-
 def summary(name: str, r: dict) -> str:
     """One line per config: medians with min-max over the repetitions, and peak memory."""
     gib = 2.0 ** 30
-    return (f"{name}: HF {_spread(r['hf_forward_tokens_per_s'])} tok/s, peak {r['hf_memory']['bytes'] / gib:.2f} GiB "
-            f"| JAX {_spread(r['jax_forward_tokens_per_s'])} tok/s, peak {r['jax_memory']['bytes'] / gib:.2f} GiB "
+    return (f"{name}: HF {spread(r['hf_forward_tokens_per_s'])} tok/s, peak {r['hf_memory']['bytes'] / gib:.2f} GiB "
+            f"| JAX {spread(r['jax_forward_tokens_per_s'])} tok/s, peak {r['jax_memory']['bytes'] / gib:.2f} GiB "
             f"({r['jax_memory']['kind']}) | JAX/HF {r['forward_speedup']:.2f}x "
-            f"| analysis {_spread(r['jax_analysis_tokens_per_s'])} tok/s ({r['analysis_speedup']:.2f}x HF) "
+            f"| analysis {spread(r['jax_analysis_tokens_per_s'])} tok/s ({r['analysis_speedup']:.2f}x HF) "
             f"| steered/unsteered {1 + r['steering_overhead']:.3f} "
             f"| {r['forward_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * r['peak_fraction']:.0f}% of peak "
             f"| conversion {r['conversion']['bytes_per_second'] / 1e6:.0f} MB/s, "
@@ -287,36 +292,153 @@ def summary(name: str, r: dict) -> str:
                if "compile_seconds" in r else ""))
 
 
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
+    """Time ratio denominator / numerator (a speed ratio) of paired repetitions: median and range."""
+    ratios = sorted(d / n for n, d in zip(numerator, denominator))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "reps": len(ratios)}
+
+
+def mc_items(rng: np.random.RandomState, count: int, options: str, vocab: int) -> list:
+    """BELEBELE-shaped items of random tokens: prompts of 100-400 tokens, four options of one token
+    (``options="letter"``) or of 2-24 tokens (``"text"``)."""
+    from routing.eval.multiple_choice import EncodedItem
+
+    def option() -> list[int]:
+        length = 1 if options == "letter" else rng.randint(2, 25)
+        return rng.randint(1, vocab, length).tolist()
+
+    return [EncodedItem(rng.randint(1, vocab, rng.randint(100, 401)).tolist(), [option() for _ in range(4)])
+            for _ in range(count)]
+
+
+def bench_eval(args) -> dict:
+    """Scoring vs plain forward, and greedy generation vs HF generate, on EVAL_SPEC in float32."""
+    import torch
+    import moe
+    from moe.generate import generate
+    from routing.data.tokenize import bucket_batches, length_buckets
+    from routing.eval.multiple_choice import score_options
+    hf = hf_model(EVAL_SPEC, torch.float32)
+    hf.generation_config.eos_token_id = None  # both sides generate exactly max_new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model, params = moe.from_pretrained(tmp)
+    forward = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m).logits)
+    rng = np.random.RandomState(0)
+    result: dict = {"config": EVAL_SPEC, "items": args.eval_items, "batch": args.batch}
+    for style in ("letter", "text"):
+        items = mc_items(rng, args.eval_items, style, EVAL_SPEC["vocab"])
+        rows = [item.prompt + [t for option in item.options for t in option] for item in items]
+        tokens = sum(len(row) for row in rows)
+        batches = bucket_batches(rows, range(len(rows)), batch_size=args.batch, buckets=length_buckets(1024))
+
+        def plain() -> None:
+            for b in batches:
+                forward(params, b.input_ids, b.attention_mask).block_until_ready()
+
+        def scoring() -> None:
+            score_options(model, params, items, batch_size=args.batch, buckets=length_buckets(512))
+
+        t_plain, t_score = timed(plain, args.reps), timed(scoring, args.reps)
+        result[f"scoring_{style}"] = {"tokens": tokens, "forward_tokens_per_s": ratespread(tokens, t_plain),
+                                      "scoring_tokens_per_s": ratespread(tokens, t_score),
+                                      "scoring_vs_forward": ratio_spread(t_score, t_plain)}
+    new_tokens = args.eval_new_tokens
+    lengths = rng.randint(40, 121, args.batch)
+    ids = np.zeros((args.batch, int(lengths.max())), np.int32)
+    mask = np.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, -length:] = rng.randint(1, EVAL_SPEC["vocab"], length)
+        mask[row, -length:] = 1
+    t_ids, t_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+
+    def hf_generate() -> np.ndarray:
+        with torch.no_grad():
+            return hf.generate(t_ids, attention_mask=t_mask, do_sample=False, max_new_tokens=new_tokens,
+                               pad_token_id=0)[:, ids.shape[1]:].numpy()
+
+    def jax_generate() -> np.ndarray:
+        return np.asarray(generate(model, params, ids, mask, max_new_tokens=new_tokens).tokens)
+
+    t_hf, t_jax = timed(hf_generate, args.reps), timed(jax_generate, args.reps)
+    generated = args.batch * new_tokens
+    result["generation"] = {"prompt_lengths": lengths.tolist(), "new_tokens": new_tokens,
+                            "hf_tokens_per_s": ratespread(generated, t_hf),
+                            "jax_tokens_per_s": ratespread(generated, t_jax),
+                            "jax_vs_hf": ratio_spread(t_jax, t_hf),
+                            "same_tokens": float(np.mean(hf_generate() == jax_generate()))}
+    return result
+
+
+def spread(s: dict, unit: str = "") -> str:
+    """Median (min-max); rates as whole numbers, ratios (unit "x") with two decimals."""
+    digits = 2 if unit == "x" else 0
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def eval_lines(r: dict) -> list[str]:
+    """The evaluation results, and a verdict per target only with >= MIN_VERDICT_REPS repetitions."""
+    lines = [f"evaluation benchmark: median (min-max) over {r['generation']['jax_tokens_per_s']['reps']} repetitions"]
+    for style in ("letter", "text"):
+        s = r[f"scoring_{style}"]
+        lines.append(f"multiple choice ({style} options, {s['tokens']} tokens): scoring "
+                     f"{spread(s['scoring_tokens_per_s'])} tok/s, plain forward {spread(s['forward_tokens_per_s'])}"
+                     f" tok/s, ratio {spread(s['scoring_vs_forward'], 'x')}")
+    g = r["generation"]
+    lines.append(f"greedy generation ({r['batch']} prompts x {g['new_tokens']} new tokens): JAX "
+                 f"{spread(g['jax_tokens_per_s'])} tok/s, HF generate {spread(g['hf_tokens_per_s'])} tok/s, "
+                 f"JAX/HF {spread(g['jax_vs_hf'], 'x')}; {100 * g['same_tokens']:.0f}% of tokens identical")
+    target = EVAL_TARGETS["scoring_vs_forward"]
+    for style in ("letter", "text"):
+        ratio = r[f"scoring_{style}"]["scoring_vs_forward"]
+        if ratio["reps"] < MIN_VERDICT_REPS:
+            lines.append(f"NO VERDICT scoring_vs_forward ({style}): {ratio['reps']} repetition(s); "
+                         f"a verdict needs --reps >= {MIN_VERDICT_REPS}")
+        else:
+            verdict = "PASS" if ratio["median"] >= target else "FAIL"
+            lines.append(f"{verdict} scoring_vs_forward ({style}): median {ratio['median']:.2f}x >= {target}x "
+                         f"(range {ratio['min']:.2f}-{ratio['max']:.2f}x)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="olmoe,qwen3", help=f"comma list of {sorted(CONFIGS)}")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3,
-                        help=f"timed repetitions (after a warm-up); PASS/FAIL needs {MIN_REPS_FOR_VERDICTS} or more")
+                        help=f"timed repetitions (after a warm-up); PASS/FAIL needs {MIN_VERDICT_REPS} or more")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--dispatch", choices=list(DISPATCH_MODES), default="auto",
                         help="expert dispatch implementation of the JAX model")
     parser.add_argument("--skip-compile", action="store_true", help="skip the 8 vs 48 layer compile measurement")
     parser.add_argument("--block-sweep", action="store_true",
                         help="only time one layer's blocked dispatch per block size for each config, then exit")
+    parser.add_argument("--only", choices=["all", "forward", "eval"], default="all",
+                        help="forward: JAX vs HF forward per config; eval: multiple-choice scoring and generation")
+    parser.add_argument("--eval-items", type=int, default=64, help="multiple-choice items per option style")
+    parser.add_argument("--eval-new-tokens", type=int, default=32, help="new tokens per prompt (generation)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark.json"))
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown or not names:
         parser.error(f"unknown or empty --configs {unknown or names}; choose from {sorted(CONFIGS)}")
-    if args.reps < 1:
-        parser.error(f"--reps must be at least 1, got {args.reps}")
+    for option in ("reps", "eval_items", "eval_new_tokens"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     jax.config.update("jax_default_matmul_precision", "highest" if args.dtype == "float32" else "default")
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
-    peak = peak_matmul_flops({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype], args.reps)
+    forward_runs = names if args.only != "eval" else []
+    peak = peak_matmul_flops({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype], args.reps) \
+        if forward_runs else float("nan")
     report = {"backend": jax.default_backend(), "jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()], "dtype": args.dtype,
               "dispatch": args.dispatch, "batch": args.batch, "seq": args.seq,
               "peak_matmul_flops": peak, "results": {}}
-    print(f"backend {report['backend']} {report['devices'][0]}; jax {jax.__version__}; peak matmul "
-          f"{peak / 1e9:.1f} GFLOP/s ({args.dtype}); {args.reps} repetitions")
+    print(f"backend {report['backend']} {report['devices'][0]}"
+          + (f"; peak matmul {peak / 1e9:.1f} GFLOP/s ({args.dtype})" if forward_runs else "")
+          + f"; jax {jax.__version__}; {args.reps} repetitions")
     if args.block_sweep:
         report["block_sweep"] = {}
         for name in names:
@@ -325,13 +447,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} blocked dispatch, one layer, {args.batch * args.seq} tokens: " + ", ".join(
                 f"block {b}: {1e3 * t['median']:.0f} ms ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})"
                 for b, t in sweep.items()), flush=True)
-        names = []
+        forward_runs, args.only = [], "forward"
     lines = []
-    for name in names:
+    for name in forward_runs:
         r = bench_config(name, CONFIGS[name], args, peak)
         report["results"][name] = r
         print(summary(name, r), flush=True)
         lines += verdicts(name, r)
+    if args.only != "forward":
+        report["eval"] = bench_eval(args)
+        lines += eval_lines(report["eval"])
     print("\n".join(lines))
     report["verdicts"] = lines
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 from moe.convert import convert_checkpoint
-from routing.pipelines.cli import new_parser, user_errors
-from routing.pipelines.models import DTYPES
+from routing.pipelines.cli import add_flags, new_parser, user_errors
+from routing.pipelines.models import DTYPES, load_model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser(__doc__)
     parser.add_argument("hf_dir", help="HF checkpoint folder (config.json + *.safetensors) or hub id")
     parser.add_argument("out_dir", type=Path, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="parameter dtype (default: float32)")
+    add_flags(parser, load_model, "dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
     start = time.perf_counter()

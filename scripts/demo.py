@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from routing.organism.demo import QUICK, DemoSettings, check_report_folder, run_demo
+from routing.organism.model import OrganismSettings
 from routing.outputs.cache import default_cache_dir
 from routing.pipelines.cli import add_flags, new_parser, user_errors
 from routing.window import Window
@@ -23,14 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default: runs/demo)")
     parser.add_argument("--quick", action="store_true",
                         help="a much smaller organism and run (a smoke test, about 1 min)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, the model and the controls")
+    add_flags(parser, OrganismSettings, "seed", seed="seed of the corpus, the model and the controls")
     parser.add_argument("--cache", type=Path, default=None,
                         help="cache folder for trained organisms "
-                             f"(default: $MOE_ROUTING_CACHE or {default_cache_dir()})")
-    parser.add_argument("--window", default=None, help="middle window FIRST:LAST (MoE layers, 0-indexed, inclusive); "
-                                                       "default: the valley of the measured divergence curve")
-    parser.add_argument("--lam", type=float, default=None,
-                        help=f"soft steering strength (default {DemoSettings.lam})")
+                             f"(default: $MOE_ROUTING_CACHE, else moe-routing in $XDG_CACHE_HOME or ~/.cache: "
+                             f"{default_cache_dir()})")
+    add_flags(parser, DemoSettings, "window", "lam", window="middle window FIRST:LAST (MoE layers, 0-indexed, "
+              "inclusive; default: the valley of the measured divergence curve)", lam="soft steering strength")
     parser.add_argument("--no-finetune", action="store_true", help="skip routing-aware finetuning")
     add_flags(parser, run_demo, "progress")
     args = parser.parse_args(argv)
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(parser):
         if args.window is not None:
             changes["window"] = Window.parse(args.window).check(settings.organism.num_layers)
-        if args.lam is not None:
-            changes["lam"] = args.lam
+        changes["lam"] = args.lam
         if args.no_finetune:
             changes["finetune_steps"] = 0
         settings = dataclasses.replace(settings, **changes)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from tqdm.auto import tqdm
-
 from moe import load_config
 from routing.eval.tasks import EXPERT_TASKS
 from routing.pipelines.cli import add_chat_flags, add_flags, new_parser, settings_from, user_errors
@@ -23,8 +21,8 @@ def build_parser():
     parser = new_parser(__doc__)
     add_flags(parser, run_expert_search, "model", "source_dir", source_dir="folder laid out like shared/data "
                                                                            "(default: download)")
-    add_flags(parser, ExpertSettings, "task", task=f"one of {', '.join(EXPERT_TASKS)} (mgsm: GSM8K train as task "
-                                                   "data; medical: MedInstruct)")
+    add_flags(parser, ExpertSettings, "task", choices={"task": EXPERT_TASKS},
+              task="the task whose experts are found (mgsm: GSM8K train as task data; medical: MedInstruct)")
     rule = parser.add_mutually_exclusive_group(required=True)
     rule.add_argument("--tau", type=float, help="select experts with Delta > tau")
     rule.add_argument("--top-n", type=int, help="select the N experts with the largest Delta in the window")
@@ -47,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         _, config = load_config(args.model)
         settings = settings_from(ExpertSettings, args, window=Window.parse(args.window))
         check_settings(settings, config)
-        with tqdm(desc="sequences", unit="seq", disable=not args.progress) as bar:
-            sets, paths = settings_from(run_expert_search, args, settings=settings, progress=bar.update)
+        sets, paths = settings_from(run_expert_search, args, settings=settings)
     print(f"{len(sets.task_experts)} task experts in MoE layers {settings.window.first}-{settings.window.last}"
           + "".join(f"; {lang}: {len(p)} language experts" for lang, p in sets.language_experts.items()))
     if not sets.task_experts:

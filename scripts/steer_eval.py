@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import sys
 
-from routing.eval.tasks import TASKS, EvalSettings
+from routing.eval.tasks import EvalSettings
 from routing.pipelines.cli import add_chat_flags, add_flags, new_parser, settings_from, user_errors
-from routing.pipelines.steer_eval import CONTROLS, DEFAULT_LAM, MODES, SteerEvalConfig, execute, prepare
+from routing.pipelines.steer_eval import DEFAULT_LAM, SteerEvalConfig, execute, prepare
 
 
 def build_parser():
     parser = new_parser(__doc__)
     add_flags(parser, SteerEvalConfig, "model", "task", "experts", "mode", "lam", "eps", "eps_std", "window",
               "languages", "out_dir", "control", "source_dir", "tfds_dir", "tokenizer",
-              task=f"one of {', '.join(TASKS)}", mode=f"one of {', '.join(MODES)}",
               lam=f"soft steering strength (default {DEFAULT_LAM}); soft mode only",
               window="FIRST:LAST MoE layers, 0-indexed, inclusive (default: the expert file's)",
-              control=f"one of {', '.join(CONTROLS)}",
               source_dir="folder laid out like shared/data (default: download)")
     add_chat_flags(parser, "prompts as a user turn of the chat template")
     add_flags(parser, EvalSettings, "chat_template", "chat_date", "reasoning_effort", "instruction", "template", "stop",

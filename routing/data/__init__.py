@@ -2,9 +2,9 @@
 tokenization.
 
     from routing.data import Flores200, read_records, load_tokenizer, tokenize_records, length_buckets
-    builder = Flores200(languages=["eng_Latn", "arb_Arab"], source_dir="../shared/data", data_dir="/tmp/tfds")
-    builder.download_and_prepare()
-    passages = read_records(builder, "devtest")
+    builder = Flores200(config="passages", source_dir="../shared/data")   # data_dir: default_tfds_dir()
+    builder.download_and_prepare()                   # once per source content; every language
+    passages = read_records(builder, "devtest", languages=["eng_Latn", "arb_Arab"])
     batches = tokenize_records(load_tokenizer(path), passages, chat=True, batch_size=8,
                                buckets=length_buckets(1024), key=("passage_id", "language"))
 
@@ -12,7 +12,7 @@ tokenization.
 """
 from routing.data.belebele import Belebele, belebele_languages
 from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, render_chats
-from routing.data.flores import Flores200, Flores200Config, flores_config, load_passages
+from routing.data.flores import Flores200, Flores200Config, load_passages
 from routing.data.languages import (
     FLORES_200_LANGUAGES,
     PAPER_LANGUAGES,
@@ -24,7 +24,7 @@ from routing.data.languages import (
 )
 from routing.data.math_problems import Gsm8k, Mgsm, parse_number
 from routing.data.medical import MedicalMcq, MedInstruct
-from routing.data.source import SourceBuilder, read_records
+from routing.data.source import SourceBuilder, read_records, record_languages
 from routing.data.tokenize import (
     TokenBatch,
     bucket_batches,
@@ -39,6 +39,7 @@ __all__ = [
     "Belebele", "belebele_languages", "ChatVariables", "DEFAULT_CHAT_DATE", "encode_conversations", "render_chats",
     "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
     "Mgsm", "PAPER_LANGUAGES", "REFERENCE", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts",
-    "flores_code", "flores_config", "flores_language", "flores_languages", "length_buckets", "load_passages",
-    "load_tokenizer", "parse_number", "read_records", "tokenize_records", "validate_flores_languages",
+    "flores_code", "flores_language", "flores_languages", "length_buckets", "load_passages",
+    "load_tokenizer", "parse_number", "read_records", "record_languages", "tokenize_records",
+    "validate_flores_languages",
 ]

@@ -65,7 +65,10 @@ class Belebele(SourceBuilder):
         test = [rel for rel in self._source_glob("belebele", "*.jsonl") if not rel.endswith(".examples.jsonl")]
         return test + [rel.removesuffix(".jsonl") + ".examples.jsonl" for rel in test]
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def summary(self) -> str:
+        return f"test and fewshot, {len(self.source_files(None)) // 2} languages"
+
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         paths = self._locate(dl_manager)
         fewshot = {rel: path for rel, path in paths.items() if rel.endswith(".examples.jsonl")}
         return {"test": self._generate_examples([path for rel, path in paths.items() if rel not in fewshot]),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from routing.data.languages import PAPER_LANGUAGES, flores_languages, validate_flores_languages
+from routing.data.languages import flores_languages, validate_flores_languages
 from routing.data.source import SourceBuilder, read_lines, read_records
 
 FLORES_URL = "https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz"
@@ -26,24 +25,9 @@ UNITS = ("passages", "sentences")
 
 @dataclasses.dataclass(eq=False)
 class Flores200Config(tfds.core.BuilderConfig):
-    """``unit``: "passages" or "sentences"; ``languages``: FLORES codes in record order, () for all 204."""
+    """``unit``: "passages" or "sentences"."""
 
     unit: str = "passages"
-    languages: tuple[str, ...] = ()
-
-
-def flores_config(unit: str, languages: Sequence[str]) -> Flores200Config:
-    """A config for any language set; its name (the prepared folder) is derived from unit and languages."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-    chosen = validate_flores_languages(languages)
-    if len(chosen) <= 6:
-        name = "-".join((unit, *chosen))
-    else:
-        digest = hashlib.sha1(",".join(chosen).encode()).hexdigest()[:10]
-        name = f"{unit}-{len(chosen)}langs-{digest}"
-    return Flores200Config(name=name, unit=unit, languages=chosen,
-                           description=f"FLORES-200 devtest {unit} in {', '.join(chosen)}")
 
 
 def passage_spans(urls: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -62,46 +46,27 @@ class Flores200(SourceBuilder):
     Split ``"devtest"``. Passage records: passage_id, url, language, text (sentences joined by one space),
     num_sentences. Sentence records: sentence_id, passage_id, url, language, text.
 
-    Configs: ``passages_paper``/``sentences_paper`` (the paper's 15 languages, default passages),
-    ``passages_all``/``sentences_all`` (all 204), or any set via ``languages=[...]`` (keeps the unit of
-    ``config``) or ``config=flores_config(unit, languages)``. Only the chosen languages are prepared.
+    Configs: ``passages`` (the default) and ``sentences``. Every language of the source folder (all 204 when
+    downloaded) is prepared, once; choose languages when reading (``read_records(builder, "devtest",
+    languages=...)``, or ``load_passages``).
     """
 
     name = "flores200_devtest"
     DESCRIPTION = "FLORES-200 devtest, aligned across languages."
     HOMEPAGE = "https://github.com/facebookresearch/flores/tree/main/flores200"
-    BUILDER_CONFIGS = [
-        Flores200Config(name=f"{unit}_{label}", unit=unit, languages=languages,
-                        description=f"FLORES-200 devtest {unit}, {label} languages")
-        for label, languages in (("paper", PAPER_LANGUAGES), ("all", ()))
-        for unit in UNITS
-    ]
-    DEFAULT_CONFIG_NAME = "passages_paper"
+    BUILDER_CONFIGS = [Flores200Config(name=unit, unit=unit, description=f"FLORES-200 devtest {unit}")
+                       for unit in UNITS]
+    DEFAULT_CONFIG_NAME = "passages"
 
-    def __init__(
-        self,
-        *,
-        languages: Sequence[str] | None = None,
-        config: str | Flores200Config | None = None,
-        source_dir: str | Path | None = None,
-        **kwargs: Any,
-    ):
-        if languages is not None:
-            base = config if isinstance(config, Flores200Config) else self.builder_configs.get(
-                config or self.DEFAULT_CONFIG_NAME)
-            if base is None:
-                raise ValueError(f"unknown config {config!r}; known: {sorted(self.builder_configs)}")
-            config = flores_config(base.unit, languages)
-        super().__init__(config=config, source_dir=source_dir, **kwargs)
-
-    def _languages(self, config: Flores200Config) -> tuple[str, ...]:
-        """The config's languages (all those of the source folder, or all 204, for ``()``), checked against
-        the source folder's devtest files."""
-        present = flores_languages(self.source_dir / "flores200" if self.source_dir is not None else None)
-        return validate_flores_languages(config.languages, present) if config.languages else present
+    def _languages(self) -> tuple[str, ...]:
+        """The languages prepared: those of the source folder, or all 204 when downloading."""
+        return flores_languages(self.source_dir / "flores200" if self.source_dir is not None else None)
 
     def source_files(self, config: Flores200Config) -> list[str]:
-        return [METADATA, *(f"flores200/devtest/{code}.devtest" for code in self._languages(config))]
+        return [METADATA, *(f"flores200/devtest/{code}.devtest" for code in self._languages())]
+
+    def summary(self) -> str:
+        return f"devtest {self.builder_config.unit}, {len(self._languages())} languages"
 
     def _features(self) -> dict[str, Any]:
         text = tfds.features.Text()
@@ -109,9 +74,9 @@ class Flores200(SourceBuilder):
             return {"passage_id": np.int32, "url": text, "language": text, "text": text, "num_sentences": np.int32}
         return {"sentence_id": np.int32, "passage_id": np.int32, "url": text, "language": text, "text": text}
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         paths = self._locate(dl_manager)
-        return {"devtest": self._generate_examples(paths, self._languages(self.builder_config))}
+        return {"devtest": self._generate_examples(paths, self._languages())}
 
     def _download(self, dl_manager: tfds.download.DownloadManager, relpaths: Sequence[str]) -> dict[str, Path]:
         """The official archive holds ``flores200_dataset/{devtest/,metadata_devtest.tsv}``."""
@@ -143,11 +108,15 @@ class Flores200(SourceBuilder):
 
 def load_passages(source_dir: str | Path | None, languages: Sequence[str], tfds_dir: str | Path | None = None,
                   max_passages: int | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Passage records per language (the first ``max_passages`` by passage id), prepared through TFDS in
-    ``tfds_dir`` from ``source_dir`` (a folder like shared/data; None: downloaded from the FLORES source)."""
-    builder = Flores200(languages=languages, source_dir=source_dir, data_dir=tfds_dir)
+    """Passage records per language (the first ``max_passages`` by passage id) from FLORES prepared through TFDS
+    in ``tfds_dir`` (None: the default cache folder) from ``source_dir`` (a folder like shared/data; None:
+    downloaded from the FLORES source). Unknown languages and those without a devtest file in ``source_dir``
+    are refused before anything is prepared."""
+    present = flores_languages(Path(source_dir) / "flores200" if source_dir is not None else None)
+    chosen = validate_flores_languages(languages, present)
+    builder = Flores200(config="passages", source_dir=source_dir, data_dir=tfds_dir)
     builder.download_and_prepare()
-    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in languages}
-    for record in read_records(builder, "devtest"):
+    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in chosen}
+    for record in read_records(builder, "devtest", languages=chosen):
         passages[record["language"]].append(record)
     return {code: sorted(rows, key=lambda r: r["passage_id"])[:max_passages] for code, rows in passages.items()}

@@ -49,7 +49,7 @@ class Gsm8k(SourceBuilder):
         text = tfds.features.Text()
         return {"id": np.int32, "question": text, "answer": text, "answer_number": np.float64}
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         paths = self._locate(dl_manager)
         return {split: self._generate_examples(paths[f"gsm8k/{split}.jsonl"]) for split in ("train", "test")}
 
@@ -75,7 +75,7 @@ class Mgsm(SourceBuilder):
         text = tfds.features.Text()
         return {"id": np.int32, "language": text, "question": text, "answer_number": np.float64}
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         paths = self._locate(dl_manager)
         return {"test": self._generate_examples([(code, paths[f"mgsm/mgsm_{code}.tsv"]) for code in MGSM_CODES])}
 

@@ -95,7 +95,7 @@ class MedicalMcq(SourceBuilder):
     def source_files(self, config: None) -> list[str]:
         return [ENGLISH_MCQ, *self._source_glob("medical", "mmlu_medical_*.json", allow_empty=True)]
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         return {"test": self._generate_examples(self._locate(dl_manager))}
 
     def _generate_examples(self, paths: dict[str, Path]) -> Iterator[tuple[str, dict]]:
@@ -139,7 +139,7 @@ class MedInstruct(SourceBuilder):
         text = tfds.features.Text()
         return {"id": np.int32, "instruction": text, "input": text, "output": text}
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         return {"test": self._generate_examples(self._locate(dl_manager)[MEDINSTRUCT])}
 
     def _generate_examples(self, path: Path) -> Iterator[tuple[int, dict]]:

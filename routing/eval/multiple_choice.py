@@ -1,12 +1,14 @@
 """Multiple choice by log-likelihood (BELEBELE, the medical set): prompts, option scores, accuracy.
 
-Every (item, option) pair is one row: the prompt's tokens followed by the option continuation's tokens.
-The two are tokenized separately and concatenated, so the continuation's tokens never merge with the
-prompt's last token. An option's score is the sum of the log-probabilities of its continuation tokens
-given everything before them (``length_normalized`` takes the mean instead). Rows are left-padded into
-length buckets and scored by one jitted function per bucket shape; the routing edit is an argument, so
-a new edit of the same structure (e.g. ``routing.steering.empty`` for the baseline, then a soft edit)
-reuses the compiled function.
+An option's score is the sum of the log-probabilities of its continuation tokens given the prompt and the
+tokens before them (``length_normalized`` takes the mean instead). Prompt and continuation are tokenized
+separately and concatenated, so the continuation's tokens never merge with the prompt's last token.
+
+Each item's prompt runs once, into a KV cache that all of its options continue; logits and their
+log-softmax are computed only where an option token is scored. Prompts are left-padded into length
+buckets and continuations right-padded to power-of-two widths, scored by one jitted function per shape.
+The routing edit is an argument, so a new edit of the same structure (e.g. ``routing.steering.empty`` for
+the baseline, then a soft edit) reuses the compiled function.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from moe.inputs import check_inputs
+from moe.kv_cache import KVCache
 from routing.data.chat import ChatVariables
 from routing.data.tokenize import Truncation, bucket_batches, encode_texts, length_buckets
 from routing.eval.results import ItemResult
@@ -102,16 +105,40 @@ def encode_items(tokenizer: PreTrainedTokenizerBase, records: Sequence[Mapping[s
     return encoded
 
 
+def _fed_width(longest_option: int) -> int:
+    """Padded number of option tokens fed after the prompt: 0 for one-token options, else a power of two >=
+    ``longest_option - 1`` (the last token of an option is scored, never fed)."""
+    return 0 if longest_option <= 1 else 1 << (longest_option - 2).bit_length()
+
+
 @partial(jax.jit, static_argnums=0)
-def _continuation_logprobs(model, params, input_ids: jax.Array, attention_mask: jax.Array,
-                           continuation_lengths: jax.Array, edit) -> jax.Array:
-    """Sum of log p(token | prefix) over the last ``continuation_lengths[b]`` tokens of each left-padded row."""
-    logits = model.apply({"params": params}, input_ids, attention_mask, edit).logits[:, :-1]
-    targets = input_ids[:, 1:]
-    token_lp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-    target_pos = jnp.arange(1, input_ids.shape[1])
-    in_continuation = target_pos[None, :] >= input_ids.shape[1] - continuation_lengths[:, None]
-    return jnp.sum(jnp.where(in_continuation, token_lp, 0.0), axis=-1)
+def _option_token_logprobs(model, params, input_ids: jax.Array, attention_mask: jax.Array, options: jax.Array,
+                           lengths: jax.Array, edit) -> jax.Array:
+    """[batch, k, 1 + fed] log p of each option token after its row's left-padded prompt (0 on padding).
+
+    options [batch, k, 1 + fed] holds option tokens (right-padded), lengths [batch, k] their counts. The
+    prompt runs once into a KV cache, with logits at its last position only (they score every option's
+    first token); each option's remaining tokens then run on that cache, options one after another.
+    """
+    batch, prompt_len = input_ids.shape
+    fed = options.shape[2] - 1
+    cache = KVCache.create(model.config, batch, prompt_len + fed, model.dtype)
+    prompt = model.apply({"params": params}, input_ids, attention_mask, edit, cache=cache, last_only=True)
+    last = prompt.logits[:, 0]
+    first = jnp.take_along_axis(last, options[:, :, 0], axis=-1) - jax.nn.logsumexp(last, axis=-1, keepdims=True)
+    if not fed:
+        return first[..., None]
+
+    def rest(option_and_length: tuple[jax.Array, jax.Array]) -> jax.Array:
+        option, length = option_and_length  # [batch, 1 + fed], [batch]
+        real = jnp.arange(fed)[None, :] < length[:, None] - 1
+        logits = model.apply({"params": params}, option[:, :-1], real.astype(jnp.int32), edit,
+                             cache=prompt.cache).logits
+        target = jnp.take_along_axis(logits, option[:, 1:, None], axis=-1)[..., 0]
+        return jnp.where(real, target - jax.nn.logsumexp(logits, axis=-1), 0.0)
+
+    later = jnp.swapaxes(jax.lax.map(rest, (jnp.swapaxes(options, 0, 1), lengths.T)), 0, 1)
+    return jnp.concatenate([first[..., None], later], axis=-1)
 
 
 def score_options(model, params, items: Sequence[EncodedItem], *, batch_size: int = 8,
@@ -119,27 +146,38 @@ def score_options(model, params, items: Sequence[EncodedItem], *, batch_size: in
                   edit=None, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Per item, the float64 array of its options' summed continuation log-probabilities.
 
-    ``buckets`` defaults to ``length_buckets(max_length)``; ``truncation="keep_end"`` drops the start of
-    prompts that do not fit (never the continuation). ``progress`` gets the number of real rows per batch.
+    One forward per item for the prompt: prompts are left-padded into ``buckets`` (padded prompt lengths,
+    default ``length_buckets(max_length)``) and run once into a KV cache that every option continues; the
+    log-softmax is taken only where a continuation token is scored. ``truncation="keep_end"`` drops the
+    start of prompts longer than the longest bucket, ``"keep_start"`` their end; continuations are never
+    cut, and one longer than ``max_length`` is refused. ``progress`` gets the number of items per batch.
     """
-    sequences, keys, lengths = [], [], {}
-    for i, item in enumerate(items):
-        for j, option in enumerate(item.options):
-            sequences.append(item.prompt + option)
-            keys.append((i, j))
-            lengths[(i, j)] = len(option)
+    if any(not item.prompt or not item.options or not all(item.options) for item in items):
+        raise ValueError("every item needs a non-empty prompt and at least one non-empty option")
+    longest = max((len(option) for item in items for option in item.options), default=0)
+    if longest > max_length:
+        raise ValueError(f"an option continuation has {longest} tokens, more than max_length ({max_length})")
+    for item in items:
+        check_inputs(model.config.vocab_size, np.asarray([item.prompt + sum(item.options, [])], np.int32))
     buckets = length_buckets(max_length) if buckets is None else buckets
-    if max(lengths.values(), default=0) >= max(buckets):
-        raise ValueError(f"an option continuation does not fit the longest bucket ({max(buckets)} tokens)")
+    k = max((len(item.options) for item in items), default=0)
     scores = [np.full(len(item.options), np.nan) for item in items]
-    for batch in bucket_batches(sequences, keys, batch_size=batch_size, buckets=buckets, truncation=truncation):
-        check_inputs(model.config.vocab_size, batch.input_ids, batch.attention_mask)
-        cont = np.array([0 if key is None else lengths[key] for key in batch.keys], np.int32)
-        out = np.asarray(_continuation_logprobs(model, params, jnp.asarray(batch.input_ids),
-                                                jnp.asarray(batch.attention_mask), jnp.asarray(cont), edit))
-        real = [(row, key) for row, key in enumerate(batch.keys) if key is not None]
-        for row, (i, j) in real:
-            scores[i][j] = out[row]
+    for batch in bucket_batches([item.prompt for item in items], range(len(items)), batch_size=batch_size,
+                                buckets=buckets, truncation=truncation):
+        real = [(row, i) for row, i in enumerate(batch.keys) if i is not None]
+        width = 1 + _fed_width(max(len(option) for _, i in real for option in items[i].options))
+        options = np.zeros((batch_size, k, width), np.int32)
+        lengths = np.zeros((batch_size, k), np.int32)
+        for row, i in real:
+            for j, option in enumerate(items[i].options):
+                options[row, j, :len(option)] = option
+                lengths[row, j] = len(option)
+        token_lp = _option_token_logprobs(model, params, jnp.asarray(batch.input_ids),
+                                          jnp.asarray(batch.attention_mask), jnp.asarray(options),
+                                          jnp.asarray(lengths), edit)
+        totals = np.asarray(token_lp, np.float64).sum(axis=-1)  # summed in float64: sums reach -200 and more
+        for row, i in real:
+            scores[i] = totals[row, :len(items[i].options)]
         if progress:
             progress(len(real))
     return scores

@@ -21,7 +21,7 @@ from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, Turn
 from routing.data.languages import flores_language
 from routing.data.math_problems import Gsm8k, Mgsm
 from routing.data.medical import MedicalMcq, MedInstruct
-from routing.data.source import SourceBuilder, read_records
+from routing.data.source import SourceBuilder, read_records, record_languages
 from routing.data.tokenize import TRUNCATIONS
 from routing.eval.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
                                gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
@@ -227,12 +227,12 @@ def load_task(task: str, languages: Sequence[str], settings: EvalSettings = Eval
     langs = tuple(dict.fromkeys(flores_language(code) for code in languages))
     if not langs:
         raise ValueError("no languages given")
-    records = read_records(_prepared(spec.builder, source_dir, tfds_dir), spec.split)
-    have = sorted({r["language"] for r in records})
+    builder = _prepared(spec.builder, source_dir, tfds_dir)
+    have = record_languages(builder, spec.split)
     missing = [lang for lang in langs if lang not in have]
     if missing:
         raise ValueError(f"{task} has no data for {missing}; available: {have}")
-    records = [r for r in records if r["language"] in langs]
+    records = read_records(builder, spec.split, languages=langs)
     exemplars: Exemplars = {}
     if spec.exemplars is not None and settings.shots:
         exemplars, records = spec.exemplars(records, langs, settings, source_dir=source_dir, tfds_dir=tfds_dir)

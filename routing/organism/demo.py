@@ -29,14 +29,15 @@ import numpy as np
 
 from moe.atomic import atomic_folder, atomic_path, check_output_folder
 from routing import steering
-from routing.analysis import analyze_corpus, divergence_curves, select_middle_window, statistics_fn
+from routing.analysis import (analyze_corpus, divergence_curves, divergence_intervals, select_middle_window,
+                              statistics_fn)
 from routing.eval.results import ItemResult, paired_table
 from routing.experts import random_experts, select_experts, specialization
 from routing.finetune import FinetuneSettings, finetune
 from routing.organism.model import (BASE, Organism, OrganismSettings, load_or_train, pair_batch_fn,
                                     parallel_batches, sentence_batches, task_results)
 from routing.outputs.cache import default_cache_dir
-from routing.outputs.figures import plot_divergence_curves
+from routing.outputs.figures import NORMALISED_JSD, RAW_JSD, plot_divergence_curves
 from routing.outputs.files import write_csv, write_json
 from routing.outputs.tables import routing_table, window_record, write_table_csv
 from routing.stats import CorpusRouting
@@ -206,7 +207,13 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
                                                      rule={"fraction": settings.window_fraction},
                                                      mean_curve=mean_curve), "u_shape": shape})
     raw = divergence_curves(corpora, BASE, normalized=False)
-    plot_divergence_curves({"divergence": curves, "JSD": raw}, window, out / "divergence.png", reference=BASE)
+    caption = (f"model organism (seed {settings.organism.seed}): synthetic parallel corpus, "
+               f"{len(corpora[BASE].keys)} sequences in each of {len(corpora)} languages")
+    bands = {measure: divergence_intervals(corpora, BASE, normalized, seed=settings.organism.seed)
+             for measure, normalized in ((NORMALISED_JSD, True), (RAW_JSD, False))}
+    plot_divergence_curves({NORMALISED_JSD: curves, RAW_JSD: raw}, window, out / "divergence.png", reference=BASE,
+                           measure={NORMALISED_JSD: NORMALISED_JSD, RAW_JSD: RAW_JSD}, caption=caption,
+                           bands=bands, band_label="95% bootstrap interval over sequences")
     lap("analysis")
 
     found = find_task_experts(org, stats_fn, corpora[BASE], settings, window)
@@ -247,7 +254,8 @@ def _write_report(out: Path, settings: DemoSettings, cache_dir: str | Path | Non
                                                       finetuned["routing_aware"]["results"])})
         write_csv(out / "finetune.csv",
                     [{"run": name, **row} for name, run in finetuned.items() for row in run["rows"]])
-        plot_divergence_curves(panels, window, out / "finetune_divergence.png", reference=BASE)
+        plot_divergence_curves(panels, window, out / "finetune_divergence.png", reference=BASE,
+                               measure=NORMALISED_JSD, caption=caption)
         lap("finetune")
 
     summary = _summary(org, settings, window, shape, curves, len(found["task_experts"]), steer_rows, finetuned,

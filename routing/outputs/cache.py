@@ -1,4 +1,5 @@
-"""What is kept between runs: the cache folder, and content keys that tie cached results to their inputs.
+"""What is kept between runs: the cache folder (and the prepared data sets in it), and content keys that tie
+cached results to their inputs.
 
 ``content_key(files)`` digests the names and the bytes of a set of files (SHA-256, streamed in 1 MiB
 chunks), so whatever is keyed by it (resumable results, prepared data sets) changes when any byte of any
@@ -19,8 +20,16 @@ CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
-    """``$MOE_ROUTING_CACHE`` or ``~/.cache/moe-routing``."""
-    return Path(os.environ.get("MOE_ROUTING_CACHE", Path.home() / ".cache" / "moe-routing"))
+    """``$MOE_ROUTING_CACHE``, else ``moe-routing`` in the user cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    if os.environ.get("MOE_ROUTING_CACHE"):
+        return Path(os.environ["MOE_ROUTING_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moe-routing"
+
+
+def default_tfds_dir() -> Path:
+    """Where prepared data sets go unless a folder is given: ``$MOE_TFDS_DIR``, else ``tfds`` in
+    ``default_cache_dir()``."""
+    return Path(os.environ.get("MOE_TFDS_DIR") or default_cache_dir() / "tfds")
 
 
 def file_digest(path: str | Path, cache_dir: str | Path | None = None) -> str:

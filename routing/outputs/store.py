@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,13 @@ class LanguageStore:
         """The settings a stored language was computed under, or None if it is not stored."""
         return self._read(language)[0] if self.path(language).exists() else None
 
-    def check(self, language: str, settings: Mapping[str, Any]) -> bool:
-        """True if `language` is stored under `settings`, False if not stored; StaleResultError otherwise
-        (other settings, or a file that cannot be read)."""
+    def check(self, language: str, settings: Mapping[str, Any], ignore: Sequence[str] = ()) -> bool:
+        """True if `language` is stored under `settings` (the keys in `ignore` aside), False if not stored;
+        StaleResultError otherwise (other settings, or a file that cannot be read)."""
         stored = self.settings(language)
         if stored is None:
             return False
-        changed = settings_difference(stored, settings)
+        changed = settings_difference({k: v for k, v in stored.items() if k not in ignore}, settings)
         if changed:
             raise StaleResultError(f"{self.path(language)} was computed with other settings ("
                                    + "; ".join(changed) + ")")

@@ -1,8 +1,10 @@
 """Routing analysis of parallel FLORES passages, language by language and resumable (scripts/analyze_routing.py).
 
-`prepare` checks every input and fails before any heavy work (unknown language codes with close matches,
-missing data files, a path that is not a model, an empty selection, stored results computed under other
-settings); `execute` analyses the languages not already stored and writes, in ``out_dir``:
+`plan_analysis` checks every input before any data is prepared or weights are loaded (unknown language codes
+with close matches, missing data files, a path that is not a model, a tokenizer without a chat template,
+stored results computed under other settings); `prepare` then reads the passages, checks stored results
+against the model inputs too, and loads the model; `execute` analyses the languages not already stored and
+writes, in ``out_dir``:
 
 - ``languages/{code}.npz``: per-passage summaries of each language (`routing.outputs.store.LanguageStore`),
   saved atomically as each language completes, tagged with the settings they were computed under;
@@ -27,11 +29,11 @@ from tqdm.auto import tqdm
 
 import moe
 from moe.atomic import check_output_folder
-from routing.analysis import select_middle_window, statistics_fn
+from routing.analysis import divergence_intervals, select_middle_window, statistics_fn
 from routing.data.flores import load_passages
 from routing.data.languages import PAPER_LANGUAGES, REFERENCE, flores_languages, validate_flores_languages
 from routing.data.tokenize import TokenBatch
-from routing.outputs.figures import plot_divergence_curves, plot_expert_usage
+from routing.outputs.figures import NORMALISED_JSD, RAW_JSD, plot_divergence_curves, plot_expert_usage
 from routing.outputs.files import StaleResultError, write_json
 from routing.outputs.store import LanguageStore
 from routing.outputs.tables import routing_table, window_record, write_table_csv
@@ -133,8 +135,39 @@ def choose_window(curves: Mapping[str, np.ndarray], window: str | None, fraction
     return Window.parse(window).check(len(next(iter(curves.values()))))
 
 
-def prepare(config: AnalysisConfig) -> PreparedAnalysis:
-    """Check every input, read and tokenize the passages, then load the model; no results are touched."""
+@dataclasses.dataclass
+class AnalysisPlan:
+    """What `plan_analysis` checked before any data is read: the languages, the model folder and its config,
+    the tokenizer, the settings every stored language must have been computed under (less its inputs), and
+    the store."""
+
+    languages: tuple[str, ...]
+    folder: Path
+    model_config: moe.ModelConfig
+    tokenizer: Any
+    common: dict[str, Any]
+    store: LanguageStore
+
+
+def check_stored(store: LanguageStore, settings: Mapping[str, Mapping[str, Any]], ignore: Sequence[str] = ()
+                 ) -> None:
+    """StaleResultError listing every stored language (of ``settings``, language -> settings) computed under
+    other settings, ``ignore`` aside."""
+    stale = []
+    for code, wanted in settings.items():
+        try:
+            store.check(code, wanted, ignore)
+        except StaleResultError as err:
+            stale.append(str(err))
+    if stale:
+        raise StaleResultError("stored results do not match this run; pass --restart to recompute them or "
+                               "choose another --out:\n  " + "\n  ".join(stale))
+
+
+def plan_analysis(config: AnalysisConfig) -> AnalysisPlan:
+    """Check every input that can be checked before data is prepared or weights are loaded: option values,
+    languages and data files, the output folder, the model config, window and heatmap layers, the tokenizer
+    and its chat template, and stored results (against everything but the model inputs)."""
     for name in ("batch_size", "max_length", "num_pairs"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -153,42 +186,43 @@ def prepare(config: AnalysisConfig) -> PreparedAnalysis:
     bad_layers = [layer for layer in config.heatmap_layers or () if not 0 <= layer < num_layers]
     if bad_layers:
         raise ValueError(f"heatmap layers {bad_layers} are not MoE-layer indices in [0, {num_layers})")
-    fingerprint = model_fingerprint(folder)
-    passages = load_passages(Path(config.source_dir), languages, config.tfds_dir, config.max_passages)
-    empty = [code for code, rows in passages.items() if not rows]
-    if empty:
-        raise ValueError(f"empty selection: no passages for {', '.join(empty)}")
     tokenizer = load_tokenizer_for(folder, config.tokenizer, model_config)
     check_chat_template(tokenizer, config.chat, config.chat_template)
-    batches = passage_batches(tokenizer, passages, chat=config.chat, chat_template=config.chat_template,
-                              batch_size=config.batch_size, max_length=config.max_length,
-                              truncation=config.truncation)
-    common = {"model": str(folder.resolve()), "model_fingerprint": fingerprint, "dtype": config.dtype,
+    common = {"model": str(folder.resolve()), "model_fingerprint": model_fingerprint(folder), "dtype": config.dtype,
               "tokenizer": str(Path(config.tokenizer).resolve()) if config.tokenizer else None,
               "chat": config.chat, "max_passages": config.max_passages, "max_length": config.max_length,
               "truncation": config.truncation, "batch_size": config.batch_size, "num_pairs": config.num_pairs,
               "seed": config.seed}
-    settings = {code: {**common, "inputs_sha1": inputs_digest(batches[code])} for code in languages}
     store = LanguageStore(Path(config.out_dir) / "languages")
     if not config.restart:
-        stale = []
-        for code in languages:
-            try:
-                store.check(code, settings[code])
-            except StaleResultError as err:
-                stale.append(str(err))
-        if stale:
-            raise StaleResultError("stored results do not match this run; pass --restart to recompute them or "
-                                   "choose another --out:\n  " + "\n  ".join(stale))
-    model, params = moe.from_pretrained(folder, dtype=DTYPES[config.dtype])
-    return PreparedAnalysis(config, languages, batches, settings, model, params, store)
+        check_stored(store, {code: common for code in languages}, ignore=("inputs_sha1",))
+    return AnalysisPlan(languages, folder, model_config, tokenizer, common, store)
+
+
+def prepare(config: AnalysisConfig, plan: AnalysisPlan | None = None) -> PreparedAnalysis:
+    """Check every input (`plan_analysis`, unless ``plan`` is its result for ``config``), read and tokenize the
+    passages, check stored results against them, then load the model; no results are touched."""
+    plan = plan_analysis(config) if plan is None else plan
+    languages = plan.languages
+    passages = load_passages(Path(config.source_dir), languages, config.tfds_dir, config.max_passages)
+    empty = [code for code, rows in passages.items() if not rows]
+    if empty:
+        raise ValueError(f"empty selection: no passages for {', '.join(empty)}")
+    batches = passage_batches(plan.tokenizer, passages, chat=config.chat, chat_template=config.chat_template,
+                              batch_size=config.batch_size, max_length=config.max_length,
+                              truncation=config.truncation)
+    settings = {code: {**plan.common, "inputs_sha1": inputs_digest(batches[code])} for code in languages}
+    if not config.restart:
+        check_stored(plan.store, settings)
+    model, params = moe.from_pretrained(plan.folder, dtype=DTYPES[config.dtype])
+    return PreparedAnalysis(config, languages, batches, settings, model, params, plan.store)
 
 
 def analyze_languages(prepared: PreparedAnalysis) -> dict[str, CorpusRouting]:
     """Each language's summaries: loaded when stored under the same settings, else computed and stored."""
     config = prepared.config
     total = sum(key is not None for rows in prepared.batches.values() for batch in rows for key in batch.keys)
-    with tqdm(total=total, unit="passage", disable=not config.progress) as bar:
+    with tqdm(total=total, desc="FLORES routing", unit="passage", disable=not config.progress) as bar:
         return route_languages(prepared.model, prepared.params, prepared.batches, seed=config.seed,
                                stats_fn=statistics_fn(prepared.model, num_pairs=config.num_pairs),
                                progress=bar.update, store=prepared.store, settings=prepared.settings,
@@ -222,10 +256,16 @@ def execute(prepared: PreparedAnalysis) -> dict[str, Path]:
 
     write_table_csv(paths["routing_table.csv"], table, moe_layers)
     write_json(paths["middle_window.json"], window_info)
-    plot_divergence_curves({"normalised divergence": curves, "raw JSD": raw}, window,
-                           paths["divergence_by_layer.png"], reference=reference)
+    passages = len(corpora[reference].keys)
+    caption = (f"{Path(prepared.settings[reference]['model']).name}: FLORES-200 devtest, {passages} passages in "
+               f"each of {len(corpora)} languages")
+    bands = {measure: divergence_intervals(corpora, reference, normalized, seed=config.seed)
+             for measure, normalized in ((NORMALISED_JSD, True), (RAW_JSD, False))}
+    plot_divergence_curves({NORMALISED_JSD: curves, RAW_JSD: raw}, window, paths["divergence_by_layer.png"],
+                           reference=reference, measure={NORMALISED_JSD: NORMALISED_JSD, RAW_JSD: RAW_JSD},
+                           caption=caption, bands=bands)
     plot_expert_usage({code: corpus.activation_rate for code, corpus in corpora.items()}, heatmap_layers,
-                      paths["expert_usage.png"], decoder_layers=moe_layers)
+                      paths["expert_usage.png"], decoder_layers=moe_layers, caption=caption)
     common = {key: value for key, value in prepared.settings[reference].items() if key != "inputs_sha1"}
     write_json(paths["routing_table.json"], {
         "reference": reference, "languages": list(prepared.languages), "moe_layers": moe_layers,

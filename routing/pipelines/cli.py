@@ -3,7 +3,7 @@ setting's name), its default read from the settings dataclass or function the sc
 defaults are the library's; and a user's mistake reported as one line, ``PROG: error: MESSAGE``, exit status 2.
 
 A flag means the same everywhere: ``--data-dir`` is the source folder laid out like shared/data
-(``source_dir``), ``--tfds-dir`` where TFDS keeps prepared data, ``--chat``/``--plain`` whether prompts and
+(``source_dir``), ``--tfds-dir`` the cache folder of prepared data sets, ``--chat``/``--plain`` whether prompts and
 passages go through the chat template (the scripts' default), ``--no-progress`` hides progress bars.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 from routing.data.tokenize import TRUNCATIONS
 from routing.eval.mgsm import ANSWER_FORMATS
 from routing.eval.multiple_choice import OPTION_STYLES
-from routing.eval.tasks import SHOT_SOURCES
+from routing.eval.tasks import SHOT_SOURCES, TASKS
 from routing.pipelines.models import DTYPES
+from routing.pipelines.steer_eval import CONTROLS, MODES
 
 USER_ERRORS = (ValueError, OSError)  # bad values and files (incl. CheckpointError, FileNotFoundError, offline)
 NO_DEFAULT = inspect.Parameter.empty
@@ -67,7 +68,8 @@ class Flag:
 FLAGS: dict[str, Flag] = {
     "model": Flag("--model", "HF checkpoint folder, converted folder or hub id"),
     "source_dir": Flag("--data-dir", "folder laid out like shared/data", dict(type=Path)),
-    "tfds_dir": Flag("--tfds-dir", "where TFDS keeps prepared data (default: its own)", dict(type=Path)),
+    "tfds_dir": Flag("--tfds-dir", "cache folder of prepared data sets (default: $MOE_TFDS_DIR, else tfds in the user "
+                     "cache folder, ~/.cache/moe-routing/tfds)", dict(type=Path)),
     "out_dir": Flag("--out", "output folder", dict(type=Path)),
     "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes", dict(type=_codes)),
     "reference": Flag("--reference", "reference language"),
@@ -97,16 +99,17 @@ FLAGS: dict[str, Flag] = {
     "routing_dir": Flag("--routing-dir", "where per-language routing results are stored and reused (default: "
                         "--out)", dict(type=Path)),
     # find_experts
-    "task": Flag("--task", "the evaluation task"),
+    "task": Flag("--task", "the evaluation task", dict(choices=tuple(TASKS))),
     "num_samples": Flag("--num-samples", "task samples", dict(type=int)),
     # steer_eval: how to steer
     "experts": Flag("--experts", "expert file (experts.json of find_experts.py, or a JSON list)", dict(type=Path)),
-    "mode": Flag("--mode", "soft, hard (forced on) or off (forced off)"),
+    "mode": Flag("--mode", "soft, hard (forced on) or off (forced off)", dict(choices=MODES)),
     "lam": Flag("--lam", "soft steering strength; soft mode only", dict(type=float)),
     "eps": Flag("--eps", "hard steering: fixed offset past max/min (SteerMoE's)", dict(type=float)),
     "eps_std": Flag("--eps-std", "hard steering: add eps_std * N(0, 1) per token and expert, seeded by --seed (the "
                     "paper's eps ~ N(0, 1e-6): --eps 0 --eps-std 1e-6)", dict(type=float)),
-    "control": Flag("--control", "outside-window, language-experts or random"),
+    "control": Flag("--control", "replace the steered experts by a control set of the same size",
+                    dict(choices=CONTROLS)),
     "divergence": Flag("--divergence", "analyze_routing routing_table.{json,csv} for the correlation",
                        dict(type=Path)),
     "correlation": Flag("--no-correlation", "skip the divergence-accuracy correlation", dict(action="store_false")),
@@ -160,18 +163,25 @@ def _add(parser: argparse.ArgumentParser, name: str, help: str, **options: Any) 
     parser.add_argument(flag.option, dest=name, help=help, **options)
 
 
-def add_flags(parser: argparse.ArgumentParser, source: Callable, *names: str, **helps: str) -> None:
+def add_flags(parser: argparse.ArgumentParser, source: Callable, *names: str,
+              choices: dict[str, tuple[str, ...]] | None = None, **helps: str) -> None:
     """Add the flags of ``source``'s parameters ``names``, with its defaults; a parameter without a default
-    becomes a required flag. ``helps`` replace a flag's help text."""
+    becomes a required flag. ``choices`` narrow a flag's choices to those ``source`` takes (a subset of its
+    own); ``helps`` replace a flag's help text."""
     for name in names:
         value, text = _default(source, name), helps.get(name, FLAGS[name].help)
+        narrowed = {}
+        if choices and name in choices:
+            if not set(choices[name]) <= set(FLAGS[name].options.get("choices", ())):
+                raise ValueError(f"{FLAGS[name].option}: {choices[name]} are not all among its choices")
+            narrowed = {"choices": choices[name]}
         if value is NO_DEFAULT:
-            _add(parser, name, text, required=True)
+            _add(parser, name, text, required=True, **narrowed)
         elif FLAGS[name].options.get("action") in ("store_true", "store_false"):
             _add(parser, name, text)
         else:
             append = FLAGS[name].options.get("action") == "append"
-            _add(parser, name, text + _shown(value), default=list(value) if append else value)
+            _add(parser, name, text + _shown(value), default=list(value) if append else value, **narrowed)
 
 
 def add_overrides(parser: argparse.ArgumentParser, *names: str, **helps: str) -> None:

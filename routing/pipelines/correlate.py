@@ -27,18 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-import moe
+from moe.atomic import check_output_folder
 from routing.analysis import divergence_curves
 from routing.data.belebele import belebele_languages
 from routing.data.languages import flores_language
 from routing.eval.results import ItemResult, accuracy_table
 from routing.eval.tasks import EvalSettings, TaskData, load_task, run_task
-from routing.outputs.figures import plot_correlation
+from routing.outputs.figures import NORMALISED_JSD, plot_correlation
 from routing.outputs.files import write_csv, write_json
 from routing.outputs.store import ItemStore
 from routing.pipelines import analyze_routing
-from routing.pipelines.models import LoadedModel, load_tokenizer_for, model_fingerprint
+from routing.pipelines.models import LoadedModel
 from routing.scoring import correlate
 
 MEASURE = "entropy-normalised JSD of expert distributions from {reference}, mean over MoE layers {first}-{last}"
@@ -89,28 +90,30 @@ def _jsonable(settings: EvalSettings) -> dict[str, Any]:
 
 
 def prepare(config: CorrelateConfig) -> PreparedCorrelation:
-    """Check every input, read and tokenize the data, then load the model; no results are touched."""
+    """Check every input (stored results included) before any data is prepared, read and tokenize the data,
+    then load the model; no results are touched."""
     if config.n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {config.n_boot}")
     reference = flores_language(config.reference)
     codes = choose_languages(config.languages, reference, Path(config.source_dir))
-    folder, model_config = moe.load_config(config.model)
+    routing = {field.name: getattr(config, field.name) for field in dataclasses.fields(analyze_routing.RoutingConfig)}
+    analysis_config = analyze_routing.AnalysisConfig(**{
+        **routing, "source_dir": Path(config.source_dir), "out_dir": Path(config.routing_dir or config.out_dir),
+        "languages": list(codes), "reference": reference})
+    plan = analyze_routing.plan_analysis(analysis_config)
+    check_output_folder(config.out_dir, may_exist=True)
     settings = dataclasses.replace(config.eval, chat=config.chat, chat_template=config.chat_template)
-    belebele_settings = {"model": str(folder.resolve()), "model_fingerprint": model_fingerprint(folder),
+    belebele_settings = {"model": str(plan.folder.resolve()), "model_fingerprint": plan.common["model_fingerprint"],
                          "dtype": config.dtype, "eval": _jsonable(settings),
                          "tokenizer": str(Path(config.tokenizer).resolve()) if config.tokenizer else None}
     if not config.restart:
         store = ItemStore(Path(config.out_dir) / "belebele")
         for code in codes:
             store.load(code, belebele_settings)  # StaleResultError before any work
-    tokenizer = load_tokenizer_for(folder, config.tokenizer, model_config)
     tasks = {code: load_task("belebele", [code], settings, source_dir=config.source_dir, tfds_dir=config.tfds_dir)
              for code in codes}
-    routing = {field.name: getattr(config, field.name) for field in dataclasses.fields(analyze_routing.RoutingConfig)}
-    analysis = analyze_routing.prepare(analyze_routing.AnalysisConfig(**{
-        **routing, "source_dir": Path(config.source_dir), "out_dir": Path(config.routing_dir or config.out_dir),
-        "languages": list(codes), "reference": reference}))
-    loaded = LoadedModel(folder, analysis.model, analysis.params, tokenizer, eos_ids=set())
+    analysis = analyze_routing.prepare(analysis_config, plan)
+    loaded = LoadedModel(plan.folder, analysis.model, analysis.params, plan.tokenizer, eos_ids=set())
     return PreparedCorrelation(config, analysis, codes, tasks, settings, belebele_settings, loaded)
 
 
@@ -118,13 +121,18 @@ def _belebele(prepared: PreparedCorrelation) -> dict[str, list[ItemResult]]:
     """Each language's BELEBELE items: stored ones reused, the others scored and stored."""
     store = ItemStore(Path(prepared.config.out_dir) / "belebele")
     results = {}
-    for code, data in prepared.tasks.items():
-        items = None if prepared.config.restart else store.load(code, prepared.belebele_settings)
-        if items is None:
-            loaded = prepared.loaded
-            items = run_task(loaded.model, loaded.params, loaded.tokenizer, data, prepared.eval_settings)
-            store.save(code, items, prepared.belebele_settings)
-        results[code] = items
+    total = sum(len(data.records) for data in prepared.tasks.values())
+    with tqdm(total=total, desc="BELEBELE", unit="item", disable=not prepared.config.progress) as bar:
+        for code, data in prepared.tasks.items():
+            items = None if prepared.config.restart else store.load(code, prepared.belebele_settings)
+            if items is None:
+                loaded = prepared.loaded
+                items = run_task(loaded.model, loaded.params, loaded.tokenizer, data, prepared.eval_settings,
+                                 progress=bar.update)
+                store.save(code, items, prepared.belebele_settings)
+            else:
+                bar.update(len(items))
+            results[code] = items
     return results
 
 
@@ -169,9 +177,13 @@ def execute(prepared: PreparedCorrelation) -> dict[str, Any]:
     write_csv(out / "divergence_by_layer.csv",
                [{"language": code, "moe_layer": layer, "decoder_layer": moe_layers[layer], "divergence": float(v)}
                 for code, curve in curves.items() for layer, v in enumerate(np.asarray(curve))])
+    items_each = min(accuracy[code]["n"] for code in stats["languages"]) if stats["languages"] else 0
     plot_correlation(stats["divergence"], stats["accuracy"], stats, out / "correlation.png",
-                     xlabel=f"mean routing divergence from {reference}, MoE layers {window.first}-{window.last}\n"
-                            "(entropy-normalised JSD)",
-                     ylabel="BELEBELE accuracy", title=f"{model_name}: routing divergence vs BELEBELE")
+                     xlabel=f"mean {NORMALISED_JSD} from {reference},\nMoE layers {window.first}-{window.last} "
+                            f"(FLORES-200, {len(corpora[reference].keys)} passages)",
+                     ylabel="BELEBELE accuracy (baseline)",
+                     caption=f"{model_name}: routing divergence vs BELEBELE, {items_each} items per language",
+                     accuracy_intervals={code: (accuracy[code]["ci_low"], accuracy[code]["ci_high"])
+                                         for code in stats["languages"]})
     write_json(out / "correlation.json", record)
     return record

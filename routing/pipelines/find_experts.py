@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from moe import ModelConfig, load_config
 from moe.atomic import check_output_folder
 from routing.analysis import analyze_corpus
@@ -113,23 +115,30 @@ def write_expert_outputs(sets: ExpertSets, out_dir: str | Path) -> dict[str, Pat
     out = Path(out_dir)
     paths = {"experts": out / "experts.json", "delta_task": out / "delta_task.png"}
     write_json(paths["experts"], sets.to_json())
-    window = sets.settings.window
+    window, model = sets.settings.window, Path(sets.model).name
+    english = sets.sequences[f"flores_{REFERENCE}"]
     plot_delta_heatmap(sets.delta_task, window, sets.task_experts, paths["delta_task"],
-                       title=f"Delta: English {sets.settings.task} data vs English FLORES")
+                       title=f"Delta: English {sets.settings.task} data vs English FLORES",
+                       caption=f"{model}: {sets.sequences['task']} {sets.settings.task} sequences, {english} FLORES "
+                               "passages",
+                       measure=f"Delta = activation rate on {sets.settings.task} - on English FLORES")
     for lang, delta in sets.delta_languages.items():
         paths[f"delta_{lang}"] = out / f"delta_{lang}.png"
         plot_delta_heatmap(delta, window, sets.language_experts[lang], paths[f"delta_{lang}"],
-                           title=f"Delta: {lang} FLORES vs English FLORES")
+                           title=f"Delta: {lang} FLORES vs English FLORES",
+                           caption=f"{model}: {sets.sequences[f'flores_{lang}']} {lang} and {english} English "
+                                   "FLORES passages",
+                           measure=f"Delta = activation rate on {lang} - on English FLORES")
     return paths
 
 
 def run_expert_search(model: str, settings: ExpertSettings, out_dir: str | Path, *,
                       source_dir: str | Path | None = None, tfds_dir: str | Path | None = None,
                       tokenizer: str | None = None, dtype: str = "float32", loaded: LoadedModel | None = None,
-                      progress: Callable[[int], None] | None = None) -> tuple[ExpertSets, dict[str, Path]]:
+                      progress: bool = True) -> tuple[ExpertSets, dict[str, Path]]:
     """Check the settings, the tokenizer and the output folder against the model's config, read the data
-    (``source_dir``: a folder like shared/data; None: download), load the model (unless ``loaded``), search,
-    write outputs."""
+    (``source_dir``: a folder like shared/data; None: download), load the model (unless ``loaded``), search
+    (with a progress bar over every task sequence and passage, unless ``progress`` is False), write outputs."""
     settings = with_flores_codes(settings)
     if loaded is None:
         folder, config = load_config(model)
@@ -142,5 +151,7 @@ def run_expert_search(model: str, settings: ExpertSettings, out_dir: str | Path,
     data = load_search_data(settings, source_dir=source_dir, tfds_dir=tfds_dir)
     if loaded is None:
         loaded = load_model(folder, tok, dtype)
-    sets = find_experts(loaded, settings, data, progress=progress)
+    total = len(data.conversations) + sum(len(rows) for rows in data.passages.values())
+    with tqdm(total=total, desc="expert search", unit="seq", disable=not progress) as bar:
+        sets = find_experts(loaded, settings, data, progress=bar.update)
     return sets, write_expert_outputs(sets, out_dir)

@@ -27,7 +27,7 @@ from routing.eval.tasks import EvalSettings, get_task
 from routing.outputs.files import write_json
 from routing.pipelines.experts_file import ExpertSettings
 from routing.pipelines.find_experts import check_settings, run_expert_search
-from routing.pipelines.models import DTYPES, load_model, load_tokenizer_for
+from routing.pipelines.models import DTYPES, check_chat_template, load_model, load_tokenizer_for
 from routing.pipelines.steer_eval import CONTROLS, SteerEvalConfig, SteerSettings, execute, prepare
 from routing.window import Window
 
@@ -93,9 +93,12 @@ def _pooled(table: list[dict[str, Any]]) -> dict[str, float]:
 
 def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | None = None,
               tfds_dir: str | Path | None = None, eval_overrides: Mapping[str, Any] | None = None,
-              search_overrides: Mapping[str, Any] | None = None,
+              search_overrides: Mapping[str, Any] | None = None, recipe_overrides: Mapping[str, Any] | None = None,
               progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Find experts, then baseline, steered and every control; returns (and writes) the summary."""
+    """Find experts, then baseline, steered and every control; returns (and writes) the summary.
+    ``eval_overrides`` and ``search_overrides`` replace settings of the recipe's ``eval`` and ``expert_search``;
+    ``recipe_overrides`` names the top-level fields already replaced in ``recipe`` (see ``load_recipe``). All
+    three are recorded in the summary under ``overrides``."""
     out = check_output_folder(out_dir, may_exist=True)
     folder, config = load_config(recipe.model)
     window = Window.parse(recipe.window).check(config.num_moe_layers)
@@ -112,8 +115,11 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
                               source_dir=source_dir, tfds_dir=tfds_dir, dtype=recipe.dtype,
                               max_passages=search.max_passages)
 
+    tokenizer = load_tokenizer_for(folder, None, config)
+    check_chat_template(tokenizer, search.chat, search.chat_template)
+    check_chat_template(tokenizer, evaluation.chat, evaluation.chat_template)
     progress(f"[{recipe.name}] loading {recipe.model}")
-    loaded = load_model(folder, load_tokenizer_for(folder, None, config), recipe.dtype)
+    loaded = load_model(folder, tokenizer, recipe.dtype)
     progress(f"[{recipe.name}] finding {recipe.task} experts")
     sets, _ = run_expert_search(str(folder), search, out / "experts", source_dir=source_dir, tfds_dir=tfds_dir,
                                 loaded=loaded)
@@ -124,6 +130,8 @@ def reproduce(recipe: Recipe, out_dir: str | Path, *, source_dir: str | Path | N
         "experts_found": len(sets.task_experts), "experts_paper": recipe.paper.get("experts"),
         "steered": _pooled(main["table"]), "paper": dict(recipe.paper), "controls": {},
         "correlation": main["correlation"],
+        "overrides": {"recipe": dict(recipe_overrides or {}), "eval": dict(eval_overrides or {}),
+                      "expert_search": dict(search_overrides or {})},
     }
     for control in recipe.controls:
         progress(f"[{recipe.name}] control {control}")

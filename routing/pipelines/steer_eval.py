@@ -42,11 +42,11 @@ from moe.atomic import atomic_path, check_output_folder
 from routing import steering
 from routing.analysis import divergence_curves
 from routing.data.flores import load_passages
-from routing.data.languages import REFERENCE, flores_language
+from routing.data.languages import REFERENCE, flores_language, flores_languages, validate_flores_languages
 from routing.eval.results import ALL, ItemResult, accuracy_table, paired_table
 from routing.eval.tasks import EvalSettings, TaskData, get_task, load_task, run_task
 from routing.experts import random_experts, select_experts
-from routing.outputs.figures import plot_correlation, plot_steering
+from routing.outputs.figures import NORMALISED_JSD, plot_correlation, plot_steering
 from routing.outputs.files import write_csv, write_json
 from routing.outputs.tables import read_divergence_table
 from routing.pipelines.experts_file import ExpertSets, Pair, read_experts
@@ -248,6 +248,10 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     steer = SteerSettings(window=window, mode=config.mode, lam=config.lam, eps=config.eps, eps_std=config.eps_std,
                           control=config.control, seed=config.seed)
     plans = plan_steering(experts, steer, languages, model_config.num_moe_layers, model_config.num_experts)
+    others = [lang for lang in languages if lang != REFERENCE]
+    if config.correlation and config.divergence is None and len(others) >= 3 and config.source_dir is not None:
+        # the correlation reads these languages' FLORES passages after both runs: check the files now
+        validate_flores_languages([REFERENCE, *others], flores_languages(Path(config.source_dir) / "flores200"))
     curves = None
     if config.correlation and config.divergence is not None:
         curves = read_divergence_table(config.divergence)
@@ -296,8 +300,10 @@ def compute_divergence(loaded: LoadedModel, languages: Sequence[str], config: St
     batches = passage_batches(loaded.tokenizer, passages, chat=settings.chat, chat_template=settings.chat_template,
                               chat_variables=settings.chat_variables, batch_size=settings.batch_size,
                               max_length=settings.max_length, truncation="keep_start")
-    corpora = route_languages(loaded.model, loaded.params, batches, seed=config.seed,
-                              stats_fn=routing_statistics(loaded.model))
+    total = sum(len(rows) for rows in passages.values())
+    with tqdm(total=total, desc="FLORES routing", unit="passage", disable=not config.progress) as bar:
+        corpora = route_languages(loaded.model, loaded.params, batches, seed=config.seed,
+                                  stats_fn=routing_statistics(loaded.model), progress=bar.update)
     return divergence_curves(corpora, REFERENCE)
 
 
@@ -313,14 +319,19 @@ def _correlation(prepared: PreparedSteerEval, base: list[ItemResult], out: Path)
     source = str(config.divergence) if curves is not None else "computed on FLORES passages"
     if curves is None:
         curves = compute_divergence(prepared.loaded, others, config)
-    accuracy = {row["language"]: row["accuracy"] for row in accuracy_table(base) if row["language"] != ALL}
+    rows = {row["language"]: row for row in accuracy_table(base) if row["language"] != ALL}
+    accuracy = {lang: row["accuracy"] for lang, row in rows.items()}
     window = prepared.steer.window
     middle = {lang: window.mean(np.asarray(curves[lang], float)) for lang in others}
     result = {**correlate(middle, accuracy, n_boot=config.n_boot, seed=config.seed),
               "window": list(window), "divergence_source": source, "accuracy_source": "baseline run"}
     write_json(out / "correlation.json", result)
     plot_correlation(result["divergence"], result["accuracy"], result, out / "correlation.png",
-                     xlabel=f"mean divergence from {REFERENCE}, MoE layers {window.first}-{window.last}")
+                     xlabel=f"mean {NORMALISED_JSD} from {REFERENCE},\nMoE layers {window.first}-{window.last}",
+                     ylabel=f"{config.task} accuracy (baseline)",
+                     caption=f"{Path(prepared.loaded.folder).name}: {config.task}, {min(r['n'] for r in rows.values())}"
+                             f" items per language",
+                     accuracy_intervals={lang: (row["ci_low"], row["ci_high"]) for lang, row in rows.items()})
     return {"files": ["correlation.json", "correlation.png"], "source": source}
 
 
@@ -346,7 +357,10 @@ def execute(prepared: PreparedSteerEval, baseline: list[ItemResult] | None = Non
     write_json(out / "results.json", {"task": config.task, "mode": config.mode, "control": config.control,
                                       "table": table})
     title = f"{config.task}: {config.mode} steering" + (f", control {config.control}" if config.control else "")
-    plot_steering(table, out / "steer_eval.png", title=title)
+    per_language = min(row["n"] for row in table)
+    plot_steering(table, out / "steer_eval.png", title=title,
+                  caption=f"{Path(prepared.loaded.folder).name}: {config.task}, {per_language} items per language, "
+                          f"MoE layers {prepared.steer.window.first}-{prepared.steer.window.last}")
     correlation = _correlation(prepared, baseline, out)
     write_json(out / "config.json", _jsonable({
         "config": config, "model_folder": prepared.loaded.folder,

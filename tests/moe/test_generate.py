@@ -67,6 +67,17 @@ def test_cached_logits_equal_full_forward(load):
     assert int(out.cache.index) == 12
 
 
+def test_last_only_gives_the_last_positions_logits(load):
+    _, model, params = load("qwen3_moe")
+    ids, mask = padded_batch(model.config.vocab_size, seq=12)
+    full = model.apply({"params": params}, ids, mask).logits
+    last = model.apply({"params": params}, ids, mask, last_only=True).logits
+    assert last.shape == (2, 1, model.config.vocab_size)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6)
+    cached = model.apply({"params": params}, ids, mask, cache=KVCache.create(model.config, 2, 12), last_only=True)
+    np.testing.assert_allclose(cached.logits[:, 0], full[:, -1], atol=1e-4)
+
+
 def test_routing_edit_applies_at_every_step_without_recompiling(load):
     _, model, params = load("qwen3_moe")
     c = model.config

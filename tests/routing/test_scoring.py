@@ -96,6 +96,26 @@ def test_paired_bootstrap_ci():
     assert tuple(scoring.paired_bootstrap_ci(base, base, n_boot=50)) == (0.0, 0.0, 0.0)
 
 
+def test_bootstrap_mean_interval_of_many_rows_and_its_known_answers():
+    rng = np.random.default_rng(0)
+    values = rng.normal(2.0, 1.0, (3, 500))
+    low, high = scoring.bootstrap_mean_interval(values, n_boot=3000, seed=2)
+    se = values.std(axis=1) / math.sqrt(500)  # the normal approximation, row by row
+    np.testing.assert_allclose(low, values.mean(1) - 1.96 * se, atol=0.02)
+    np.testing.assert_allclose(high, values.mean(1) + 1.96 * se, atol=0.02)
+    # the same draws for every row: a row and its shifted copy get shifted intervals
+    shifted = scoring.bootstrap_mean_interval(np.stack([values[0], values[0] + 1.0]), n_boot=500, seed=3)
+    np.testing.assert_allclose(shifted[0][1] - shifted[0][0], 1.0)
+    np.testing.assert_allclose(shifted[1][1] - shifted[1][0], 1.0)
+    assert scoring.bootstrap_mean_interval(np.full(7, 0.25), n_boot=20) == (0.25, 0.25)
+    one = scoring.bootstrap_mean_interval([4.0], n_boot=5)
+    assert one == (4.0, 4.0)
+    for bad, kwargs, match in (([], {}, "at least one value"), ([1.0], {"n_boot": 0}, "n_boot"),
+                               ([1.0], {"conf": 1.0}, "conf")):
+        with pytest.raises(ValueError, match=match):
+            scoring.bootstrap_mean_interval(bad, **kwargs)
+
+
 @pytest.mark.parametrize("n, seed", [(3, 0), (5, 1), (15, 2), (40, 3), (200, 4)])
 def test_correlations_match_scipy(n, seed):
     rng = np.random.default_rng(seed)

@@ -204,8 +204,10 @@ def test_greedy_answers_on_a_tiny_model(shared_data, tmp_path_factory):
     builder = Mgsm(source_dir=shared_data, data_dir=tfds_dir(tmp_path_factory))
     builder.download_and_prepare()
     records = [r for r in read_records(builder, "test") if r["id"] < 2 and r["language"] in ("eng_Latn", "deu_Latn")]
-    kwargs = dict(max_new_tokens=4, batch_size=4, buckets=(256,), eos_ids={50279})
-    results = evaluate_mgsm(model, params, tokenizer, records, **kwargs)
+    kwargs = dict(max_new_tokens=4, batch_size=3, buckets=(256,), eos_ids={50279})
+    done = []
+    results = evaluate_mgsm(model, params, tokenizer, records, progress=done.append, **kwargs)
+    assert done == [3, 1]  # items per batch: 4 items in batches of 3
     assert [r.key for r in results] == [(r["language"], r["id"]) for r in records]
     ids = encode_prompts(tokenizer, records[:1])[0]
     out = generate(model, params, np.array([ids]), max_new_tokens=4, eos_id=50279)

@@ -1,4 +1,5 @@
-"""Multiple choice by log-likelihood: prompts, parity with HF PyTorch log-likelihoods, edits, accuracy."""
+"""Multiple choice by log-likelihood: prompts, parity with HF PyTorch and with a slow per-option loop
+(padding, options of different lengths and counts, one-token options, edits), progress, accuracy."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,9 @@ import moe
 from routing import steering
 from routing.data import Belebele, MedicalMcq, load_tokenizer, read_records
 from routing.eval.results import accuracy_table
-from routing.eval.multiple_choice import McFormat, encode_items, evaluate_multiple_choice, mc_prompt, score_options
+from routing.eval.multiple_choice import (EncodedItem, McFormat, encode_items, evaluate_multiple_choice, mc_prompt,
+                                          score_options)
+from tests.helpers.hf_reference import tiny_model
 from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
 BUCKETS = (256,)
@@ -41,6 +44,37 @@ def setup(shared_data, tmp_path_factory):
     return hf, model, params, tokenizer, records
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A tiny HF OLMoE (vocabulary 128) and items of every awkward shape: prompts of 3 to 30 tokens (left
+    padding, three buckets, a bucket holding one item), 1 to 6 option tokens, 2 to 4 options, a repeated option."""
+    hf = tiny_model("olmoe")
+    folder = tmp_path_factory.mktemp("tiny_olmoe_128")
+    hf.save_pretrained(folder)
+    rng = np.random.RandomState(0)
+
+    def tokens(n):
+        return rng.randint(1, 128, n).tolist()
+
+    items = [EncodedItem(tokens(5), [[3], [7, 8, 9], [4, 4], [100]]),
+             EncodedItem(tokens(17), [[5], [6]]),
+             EncodedItem(tokens(9), [tokens(6), [9], tokens(5), [2]]),
+             EncodedItem(tokens(30), [[12], [13], [14]]),
+             EncodedItem(tokens(3), [[50, 51], [50, 51], [52]]),  # a tie between options 0 and 1
+             EncodedItem(tokens(12), [tokens(2), tokens(3)])]
+    return hf, *moe.from_pretrained(folder), items
+
+
+def slow_option_logprobs(model, params, prompt, option, edit=None):
+    """One unpadded forward of prompt + option, log-softmax over the whole vocabulary in float64."""
+    ids = np.asarray([prompt + option], np.int32)
+    logits = np.asarray(model.apply({"params": params}, ids, edit=edit).logits, np.float64)[0, :-1]
+    logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    targets = ids[0, 1:]
+    return float(logprobs[np.arange(len(targets)), targets][-len(option):].sum())
+
+
 def hf_option_logprobs(hf, prompt, option):
     ids = torch.tensor([prompt + option])
     with torch.no_grad():
@@ -70,9 +104,67 @@ def test_scores_equal_hf_pytorch_loglikelihoods(setup, options):
     items = encode_items(tokenizer, records, McFormat(options=options))
     ours = score_options(model, params, items, batch_size=4, buckets=BUCKETS)
     for item, scores in zip(items, ours):
+        slow = [slow_option_logprobs(model, params, item.prompt, option) for option in item.options]
+        np.testing.assert_allclose(scores, slow, atol=1e-5, rtol=0)
         reference = [hf_option_logprobs(hf, item.prompt, option) for option in item.options]
-        np.testing.assert_allclose(scores, reference, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(scores, reference, atol=1e-4, rtol=0)  # two float32 forwards of ~200 tokens
         assert int(np.argmax(scores)) == int(np.argmax(reference))
+
+
+def test_scores_equal_a_slow_per_option_loop_and_hf_with_padding_and_edits(small):
+    hf, model, params, items = small
+    c = model.config
+    edits = {"none": None, "empty": steering.empty(c), "soft": steering.soft(c, {0: [1, 2], 2: [5]}, lam=0.8),
+             "hard": steering.force_on(c, [(1, 3)]) + steering.force_off(c, [(0, 0)])}
+    scored = {}
+    for name, edit in edits.items():
+        done = []
+        scored[name] = score_options(model, params, items, batch_size=3, buckets=(8, 16, 32), edit=edit,
+                                     progress=done.append)
+        assert sum(done) == len(items) and all(0 < n <= 3 for n in done)
+        for item, scores in zip(items, scored[name]):
+            assert scores.dtype == np.float64 and scores.shape == (len(item.options),)
+            reference = [slow_option_logprobs(model, params, item.prompt, option, edit) for option in item.options]
+            np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
+    for item, scores in zip(items, scored["none"]):
+        reference = [hf_option_logprobs(hf, item.prompt, option) for option in item.options]
+        np.testing.assert_allclose(scores, reference, atol=1e-5, rtol=0)
+    assert scored["none"][4][0] == scored["none"][4][1]  # identical options score identically, padded or not
+    for name in ("soft", "hard"):
+        assert not np.allclose(np.concatenate(scored[name]), np.concatenate(scored["none"]), atol=1e-3)
+    alone = [score_options(model, params, [item], batch_size=1, buckets=(64,))[0] for item in items]
+    np.testing.assert_allclose(np.concatenate(alone), np.concatenate(scored["none"]), atol=1e-5, rtol=0)
+    assert score_options(model, params, [], buckets=(8,)) == []
+
+
+def test_a_new_edit_reuses_the_compiled_scorer(small):
+    _, model, params, items = small
+    c = model.config
+    traces = []
+
+    def count_traces(logits, moe_layer):  # a static function: runs only while tracing
+        traces.append(moe_layer)
+        return logits
+
+    def run(edit):
+        return score_options(model, params, items[:2], batch_size=2, buckets=(32,),
+                             edit=steering.chain(edit, count_traces))
+
+    run(steering.empty(c))
+    traced = len(traces)
+    run(steering.soft(c, {1: [4]}, lam=0.3))
+    run(steering.force_on(c, [(2, 6)]))
+    assert traced > 0 and len(traces) == traced
+
+
+def test_bad_items_are_refused_before_scoring(small):
+    _, model, params, items = small
+    for bad, match in (([EncodedItem([1, 2], [[3], []])], "non-empty"), ([EncodedItem([], [[3]])], "non-empty"),
+                       ([EncodedItem([1, 2], [])], "non-empty"), ([EncodedItem([1, 2], [[3, 128]])], "vocabulary"),
+                       ([EncodedItem([1, 2], [[3] * 9])], "max_length")):
+        with pytest.raises(ValueError, match=match):
+            score_options(model, params, items + bad, buckets=(8, 16, 32), max_length=32 if match != "max_length"
+                          else 8)
 
 
 def test_edits_are_arguments_and_accuracy_is_per_language(setup):
@@ -103,8 +195,12 @@ def test_edits_are_arguments_and_accuracy_is_per_language(setup):
         assert r.prediction == int(np.argmax(mean))
 
 
-def test_an_option_longer_than_the_buckets_is_refused(setup):
-    _, model, params, tokenizer, records = setup
-    items = encode_items(tokenizer, records[:1], McFormat(options="text"))
+def test_long_prompts_are_refused_or_truncated_never_their_continuations(small):
+    _, model, params, items = small
+    item = items[2]  # a 9-token prompt
     with pytest.raises(ValueError, match="longest bucket"):
-        score_options(model, params, items, buckets=(1,))
+        score_options(model, params, [item], buckets=(4,))
+    for truncation, kept in (("keep_end", item.prompt[-4:]), ("keep_start", item.prompt[:4])):
+        cut = score_options(model, params, [item], buckets=(4,), truncation=truncation)[0]
+        np.testing.assert_allclose(cut, score_options(model, params, [EncodedItem(kept, item.options)],
+                                                      buckets=(4,))[0], atol=1e-6)

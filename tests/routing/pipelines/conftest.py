@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+import routing.pipelines.find_experts
+from tests.helpers.progress import Bars
 from tests.helpers.scripts import script
 from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
@@ -18,12 +20,20 @@ def model_env(shared_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def experts(model_env):
+def expert_search(model_env):
+    """The expert file of a find_experts run, and the progress bars it drew."""
     folder, data, runs = model_env
-    out = runs / "experts"
-    assert script("find_experts")(["--model", str(folder), "--task", "mgsm", "--top-n", "3", "--window", "1:2",
-                                   "--langs", "fr,de,zh", "--out", str(out), *data, *SEARCH]) == 0
-    return out / "experts.json"
+    out, bars = runs / "experts", Bars()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routing.pipelines.find_experts, "tqdm", bars)
+        assert script("find_experts")(["--model", str(folder), "--task", "mgsm", "--top-n", "3", "--window", "1:2",
+                                       "--langs", "fr,de,zh", "--out", str(out), *data, *SEARCH]) == 0
+    return out / "experts.json", bars
+
+
+@pytest.fixture(scope="package")
+def experts(expert_search):
+    return expert_search[0]
 
 
 @pytest.fixture

@@ -14,12 +14,14 @@ import pytest
 import transformers
 
 import moe
+import routing.pipelines.analyze_routing
 import routing.pipelines.passages
 from routing.analysis import select_middle_window, statistics_fn
 from routing.data.tokenize import load_tokenizer
 from routing.outputs.store import LanguageStore
 from routing.pipelines.models import model_fingerprint
 from tests.helpers.hf_reference import tiny_model
+from tests.helpers.progress import Bars
 from tests.helpers.scripts import SCRIPTS, script_module
 
 SCRIPT = SCRIPTS / "analyze_routing.py"
@@ -47,11 +49,12 @@ class CountingAnalysis:
         return self.real(*args, **kwargs)
 
 
-def run_main(argv: list[str], stop: int | None = None) -> tuple[int, int]:
-    """(exit code, number of languages analysed) of an in-process run."""
+def run_main(argv: list[str], stop: int | None = None, bars: Bars | None = None) -> tuple[int, int]:
+    """(exit code, number of languages analysed) of an in-process run; ``bars`` records its progress bars."""
     spy = CountingAnalysis(stop)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(routing.pipelines.passages, "analyze_corpus", spy)
+        patch.setattr(routing.pipelines.analyze_routing, "tqdm", bars or Bars())
         try:
             return script.main(argv), spy.calls
         except SystemExit as exit:
@@ -87,8 +90,9 @@ def resumed_run(setup: dict) -> dict:
     with pytest.raises(KeyboardInterrupt):
         run_main(argv, stop=3)
     after_interrupt = sorted(path.name for path in out.rglob("*"))
-    code, calls = run_main(argv)
-    return {"out": out, "argv": argv, "after_interrupt": after_interrupt, "code": code, "calls": calls}
+    bars = Bars()
+    code, calls = run_main(argv, bars=bars)
+    return {"out": out, "argv": argv, "after_interrupt": after_interrupt, "code": code, "calls": calls, "bars": bars}
 
 
 def test_help_in_a_subprocess() -> None:
@@ -103,6 +107,8 @@ def test_interrupted_run_resumes_without_redoing_languages(resumed_run: dict) ->
     out = resumed_run["out"]
     assert all((out / name).is_file() for name in FINAL)
     assert sorted(p.name for p in (out / "languages").iterdir()) == sorted(f"{code}.npz" for code in LANGS)
+    total = PASSAGES * len(LANGS)  # the two languages reused from the interrupted run count too
+    assert resumed_run["bars"].finished() == {"FLORES routing": (total, total)}
 
 
 @pytest.fixture(scope="module")

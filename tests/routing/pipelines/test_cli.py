@@ -11,7 +11,7 @@ from routing.pipelines.correlate import CorrelateConfig
 from routing.pipelines.experts_file import ExpertSettings
 from routing.pipelines.steer_eval import SteerEvalConfig
 from routing.window import Window
-from tests.helpers.scripts import script_module
+from tests.helpers.scripts import script, script_module
 
 
 def parser_of(name: str) -> argparse.ArgumentParser:
@@ -68,3 +68,38 @@ def test_required_flags_and_files_read_after_parsing(tmp_path, capsys):
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.startswith("prog: error: ") and "missing.jinja" in error
     assert len(error.strip().splitlines()) == 1
+
+
+CHOICE_FLAGS = ("--task", "--mode", "--control", "--dtype", "--answer-format", "--truncate", "--options",
+                "--shot-source")
+
+
+def test_flags_with_fixed_values_take_the_same_choices_in_every_script():
+    declared = {flag.option: tuple(flag.options["choices"]) for flag in FLAGS.values() if "choices" in flag.options}
+    assert set(CHOICE_FLAGS) == set(declared)
+    seen = set()
+    for name in ("analyze_routing", "correlate", "find_experts", "steer_eval", "reproduce"):
+        for action in parser_of(name)._actions:
+            for option in set(action.option_strings) & set(declared):
+                seen.add(option)
+                if (name, option) == ("find_experts", "--task"):  # the tasks that have expert data
+                    assert tuple(action.choices) == ("mgsm", "medical")
+                else:
+                    assert tuple(action.choices) == declared[option], (name, option)
+    assert seen == set(declared)
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("steer_eval", ["--model", "m", "--task", "gsm", "--experts", "e", "--langs", "fr", "--out", "o"]),
+    ("steer_eval", ["--model", "m", "--task", "mgsm", "--experts", "e", "--langs", "fr", "--out", "o", "--mode", "x"]),
+    ("steer_eval", ["--model", "m", "--task", "mgsm", "--experts", "e", "--langs", "fr", "--out", "o",
+                    "--control", "outside"]),
+    ("find_experts", ["--model", "m", "--task", "belebele", "--tau", "0.3", "--window", "1:2", "--out", "o"]),
+    ("analyze_routing", ["--model", "m", "--data-dir", "d", "--out", "o", "--dtype", "float16"]),
+    ("reproduce", ["recipe.json", "--out", "o", "--dtype", "float16"]),
+    ("convert", ["m", "o", "--dtype", "float16"]),
+])
+def test_a_value_outside_the_choices_is_refused_naming_them(name, argv, capsys):
+    with pytest.raises(SystemExit) as exit:
+        script(name)(argv)
+    assert exit.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import routing.pipelines.correlate
 import routing.pipelines.passages
 from routing.eval.tasks import EvalSettings, load_task, run_task
 from routing.pipelines.models import load_model, load_tokenizer_for
+from tests.helpers.progress import Bars
 from tests.helpers.scripts import SCRIPTS, script
 from tests.helpers.tiny_olmoe import tfds_dir, write_tiny_olmoe
 
@@ -45,7 +46,7 @@ def env(shared_data, tmp_path_factory):
     return folder, data, root
 
 
-def run(env, out, *extra):
+def run(env, out, *extra, bars: Bars | None = None):
     folder, data, root = env
     args = ["--model", str(folder), "--langs", LANGS, "--out", str(out), "--routing-dir", str(root / "routing"),
             "--window", "1:2", "--limit", "3", "--n-boot", "300", "--no-progress", *data, *ROUTING, *extra]
@@ -54,6 +55,8 @@ def run(env, out, *extra):
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(routing.pipelines.passages, "analyze_corpus", analyses)
         monkeypatch.setattr(routing.pipelines.correlate, "run_task", scorings)
+        for module in (routing.pipelines.correlate, routing.pipelines.analyze_routing):
+            monkeypatch.setattr(module, "tqdm", bars or Bars())
         code = script("correlate")(args)
     return code, analyses.calls, scorings.calls
 
@@ -61,7 +64,9 @@ def run(env, out, *extra):
 def test_correlate_end_to_end(env, shared_data, capsys):
     folder, _, root = env
     out = root / "corr"
-    assert run(env, out) == (0, 0, 5)  # routing reused from analyze_routing, BELEBELE scored in 5 languages
+    bars = Bars()
+    assert run(env, out, bars=bars) == (0, 0, 5)  # routing reused from analyze_routing, BELEBELE scored in 5 languages
+    assert bars.finished() == {"FLORES routing": (10, 10), "BELEBELE": (15, 15)}  # reused languages count too
     record = json.loads((out / "correlation.json").read_text())
     assert record["languages"] == ["ind_Latn", "vie_Latn", "zsm_Latn", "tha_Thai"] and record["n"] == 4
     assert record["window"]["moe_layers"] == [1, 2] and record["reference"] == "eng_Latn"

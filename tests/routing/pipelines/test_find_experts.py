@@ -9,6 +9,11 @@ from routing.pipelines.experts_file import ExpertSets
 from tests.helpers.scripts import script
 
 
+def test_the_progress_bar_counts_every_sequence_once(expert_search):
+    _, bars = expert_search
+    assert bars.finished() == {"expert search": (12, 12)}  # 4 task sequences, 2 passages x 4 languages
+
+
 def test_find_experts_writes_sets_tables_and_plots(experts):
     sets = ExpertSets.from_json(json.loads(experts.read_text()))
     assert len(sets.task_experts) == 3 and all(1 <= layer <= 2 for layer, _ in sets.task_experts)

@@ -10,6 +10,7 @@ from routing import steering
 from routing.eval.tasks import EvalSettings, run_task
 from routing.pipelines import steer_eval
 from routing.pipelines.steer_eval import SteeringPlan, run_baseline
+from tests.helpers.progress import Bars
 from tests.helpers.scripts import script
 from tests.helpers.tiny_olmoe import tfds_dir
 
@@ -17,9 +18,10 @@ EVAL = ["--plain", "--limit", "2", "--max-length", "256", "--buckets", "256", "-
         "--max-passages", "2", "--max-new-tokens", "4"]
 
 
-def test_steer_eval_mgsm_writes_every_output(model_env, experts):
+def test_steer_eval_mgsm_writes_every_output(model_env, experts, monkeypatch):
     folder, data, runs = model_env
-    out = runs / "mgsm"
+    out, bars = runs / "mgsm", Bars()
+    monkeypatch.setattr(steer_eval, "tqdm", bars)
     assert script("steer_eval")(["--model", str(folder), "--task", "mgsm", "--experts", str(experts),
                                  "--langs", "en,fr,de,zh", "--out", str(out), *data, *EVAL,
                                  "--chat-date", "2024-05-06", "--stop", "Question:", "--instruction", "Be brief."]) == 0
@@ -39,19 +41,21 @@ def test_steer_eval_mgsm_writes_every_output(model_env, experts):
                         "answer_format": "plain", "chat_date": "2024-05-06", "reasoning_effort": None}
     assert config["steered_experts"]["fra_Latn"]["experts"] == json.loads(experts.read_text())["task_experts"]
     assert config["items_per_language"] == {"eng_Latn": 2, "fra_Latn": 2, "deu_Latn": 2, "zho_Hans": 2}
+    assert bars.finished() == {"baseline": (8, 8), "steered": (8, 8), "FLORES routing": (8, 8)}
     correlation = json.loads((out / "correlation.json").read_text())
     assert correlation["languages"] == ["fra_Latn", "deu_Latn", "zho_Hans"]
     for name in ("steer_eval.png", "correlation.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_steer_eval_belebele_control_and_divergence_table(model_env, experts, tmp_path):
+def test_steer_eval_belebele_control_and_divergence_table(model_env, experts, tmp_path, monkeypatch):
     folder, data, runs = model_env
     table = {"per_language": {"eng_Latn": {"divergence": None},
                               **{lang: {"divergence": [0.5, 0.1 * i, 0.2 * i, 0.9]}
                                  for i, lang in enumerate(("ind_Latn", "vie_Latn", "zsm_Latn"), 1)}}}
     (tmp_path / "routing_table.json").write_text(json.dumps(table))
-    out = runs / "belebele"
+    out, bars = runs / "belebele", Bars()
+    monkeypatch.setattr(steer_eval, "tqdm", bars)
     assert script("steer_eval")(["--model", str(folder), "--task", "belebele", "--experts", str(experts),
                                  "--langs", "en,id,vi,ms", "--mode", "hard", "--eps", "0", "--eps-std", "1e-6",
                                  "--control", "random", "--out", str(out),
@@ -66,6 +70,7 @@ def test_steer_eval_belebele_control_and_divergence_table(model_env, experts, tm
     assert correlation["divergence"] == pytest.approx({"ind_Latn": 0.15, "vie_Latn": 0.3, "zsm_Latn": 0.45})
     assert correlation["divergence_source"].endswith("routing_table.json")
     assert all(isinstance(i["baseline"]["detail"], list) for i in map(json.loads, (out / "items.jsonl").open()))
+    assert bars.finished() == {"baseline": (4, 4), "steered": (4, 4)}  # items, not item x option rows
 
 
 def test_steered_run_applies_its_plans_edit(model_env, experts, shared_data, tmp_path_factory):
@@ -109,8 +114,8 @@ def no_compute(monkeypatch):
     ([[7, 0]], [], "layer 7 out of range"),
     ([], [], "expert set is empty"),
     ([[1, 2]], ["--window", "2:9"], "0 <= FIRST <= LAST < 4"),
-    ([[1, 2]], ["--task", "poetry"], "unknown task 'poetry'"),
-    ([[1, 2]], ["--mode", "sideways"], "unknown mode"),
+    ([[1, 2]], ["--task", "poetry"], "invalid choice: 'poetry'"),
+    ([[1, 2]], ["--mode", "sideways"], "invalid choice: 'sideways'"),
     ([[1, 2]], ["--control", "outside-window"], "needs Delta tables"),
     ([[3, 2]], [], "no selected expert lies in layers"),
     (None, ["--control", "language-experts", "--langs", "en,fr"], "no language experts for eng_Latn"),
