@@ -173,15 +173,18 @@ MEGABLOX_TILE = (512, 1024, 1024)  # (rows, K, N) tile bounds: MaxText's default
 
 
 def megablox_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
-                 layer: Array | None = None, interpret: bool = False) -> Array:
+                 layer: Array | None = None, interpret: bool = False, tile_rows: int | None = None) -> Array:
     """Grouped GEMM over expert-sorted rows with the Pallas TPU kernel megablox `gmm` (float32 accumulation).
 
-    Tiles are MEGABLOX_TILE, shrunk to the problem (rows to a multiple of 8); `interpret=True` runs the kernel
-    in the Pallas interpreter on any backend.
+    Tiles are MEGABLOX_TILE, shrunk to the problem; row tiles (`tile_rows`, default MEGABLOX_TILE's) are a
+    multiple of 16, the bfloat16 sublane tile. `interpret=True` runs the kernel in the Pallas interpreter on
+    any backend.
     """
     from jax.experimental.pallas.ops.tpu.megablox import gmm
 
-    tm = min(MEGABLOX_TILE[0], -(-index.size // 8) * 8)
+    if tile_rows is not None and (tile_rows < 16 or tile_rows % 16):
+        raise ValueError(f"tile_rows must be a positive multiple of 16, got {tile_rows}")
+    tm = min(tile_rows or MEGABLOX_TILE[0], -(-index.size // 16) * 16)
 
     def grouped_matmul(rows: Array, rhs: Array, sizes: Array) -> Array:
         tiling = (tm, min(MEGABLOX_TILE[1], rhs.shape[1]), min(MEGABLOX_TILE[2], rhs.shape[2]))
@@ -197,6 +200,8 @@ def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Act
 
     `p` holds one layer's experts, or a stack of layers ([L, ...]) of which `layer` (an int32 scalar) is used.
     """
+    if any(v.dtype != x.dtype for v in p.values()):  # mixed precision: this layer's experts in x's dtype (a copy)
+        p, layer = {k: v.astype(x.dtype) for k, v in _layer_slice(p, layer).items()}, None
     if callable(mode):
         return mode(x, weights, index, p, act, layer)
     if mode == "auto":

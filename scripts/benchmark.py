@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe.dispatch import DISPATCH_MODES
+from routing.outputs.files import write_json
 
 CONFIGS = {
     "olmoe": dict(family="olmoe", hidden=1024, layers=8, heads=16, kv_heads=16, experts=64, top_k=8,
@@ -340,8 +340,8 @@ def bench_eval(args) -> dict:
             score_options(model, params, items, batch_size=args.batch, buckets=length_buckets(512))
 
         t_plain, t_score = timed(plain, args.reps), timed(scoring, args.reps)
-        result[f"scoring_{style}"] = {"tokens": tokens, "forward_tokens_per_s": ratespread(tokens, t_plain),
-                                      "scoring_tokens_per_s": ratespread(tokens, t_score),
+        result[f"scoring_{style}"] = {"tokens": tokens, "forward_tokens_per_s": rates(tokens, t_plain),
+                                      "scoring_tokens_per_s": rates(tokens, t_score),
                                       "scoring_vs_forward": ratio_spread(t_score, t_plain)}
     new_tokens = args.eval_new_tokens
     lengths = rng.randint(40, 121, args.batch)
@@ -363,8 +363,8 @@ def bench_eval(args) -> dict:
     t_hf, t_jax = timed(hf_generate, args.reps), timed(jax_generate, args.reps)
     generated = args.batch * new_tokens
     result["generation"] = {"prompt_lengths": lengths.tolist(), "new_tokens": new_tokens,
-                            "hf_tokens_per_s": ratespread(generated, t_hf),
-                            "jax_tokens_per_s": ratespread(generated, t_jax),
+                            "hf_tokens_per_s": rates(generated, t_hf),
+                            "jax_tokens_per_s": rates(generated, t_jax),
                             "jax_vs_hf": ratio_spread(t_jax, t_hf),
                             "same_tokens": float(np.mean(hf_generate() == jax_generate()))}
     return result
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     forward_runs = names if args.only != "eval" else []
     peak = peak_matmul_flops({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype], args.reps) \
-        if forward_runs else float("nan")
+        if forward_runs else None
     report = {"backend": jax.default_backend(), "jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()], "dtype": args.dtype,
               "dispatch": args.dispatch, "batch": args.batch, "seq": args.seq,
               "peak_matmul_flops": peak, "results": {}}
@@ -449,20 +449,23 @@ def main(argv: list[str] | None = None) -> int:
                 for b, t in sweep.items()), flush=True)
         forward_runs, args.only = [], "forward"
     lines = []
+
+    def save() -> None:
+        """The report so far, replaced atomically after each stage (a failure later keeps what was measured)."""
+        report["verdicts"] = lines
+        write_json(args.out, report, indent=2)
+
     for name in forward_runs:
         r = bench_config(name, CONFIGS[name], args, peak)
         report["results"][name] = r
         print(summary(name, r), flush=True)
         lines += verdicts(name, r)
+        save()
     if args.only != "forward":
         report["eval"] = bench_eval(args)
         lines += eval_lines(report["eval"])
     print("\n".join(lines))
-    report["verdicts"] = lines
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, args.out)
+    save()
     print(f"wrote {args.out}")
     return 0
 

@@ -3,7 +3,7 @@
 #   bash scripts/run.sh demo [DEMO ARGS]      the main job (scripts/demo.py); installs without PyTorch
 #   bash scripts/run.sh test [PYTEST ARGS]    README's test command (python -m pytest tests); installs PyTorch first
 # The virtual environment .venv is created once. Packages are installed again only when pyproject.toml
-# changes: each verb keeps the SHA-256 of pyproject.toml it installed for in .venv/installed-{demo,test}.
+# (or TORCH_INDEX_URL) changes: each verb keeps the SHA-256 of what it installed for in .venv/installed-{demo,test}.
 # PYTHON picks the interpreter (default python3, >= 3.11); TORCH_INDEX_URL is passed to pip as --index-url
 # for torch (e.g. https://download.pytorch.org/whl/cpu, PyTorch's CPU wheels, instead of the CUDA build).
 set -euo pipefail
@@ -29,12 +29,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 
-key=$(python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+if ! python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "run.sh: error: .venv has $(python --version 2>&1), needs Python >= 3.11; remove .venv and rerun" >&2
+  exit 2
+fi
+# the install is redone when pyproject.toml or the torch index changes
+key=$(python -c 'import hashlib, sys; print(hashlib.sha256(open("pyproject.toml", "rb").read() + sys.argv[1].encode()).hexdigest())' "${TORCH_INDEX_URL:-}")
 installed() { [ -f ".venv/installed-$1" ] && [ "$(cat ".venv/installed-$1")" = "$key" ]; }
 if [ "$verb" = demo ]; then
   if ! installed demo && ! installed test; then
     echo "run.sh: installing moe-routing (without PyTorch) into .venv"
-    pip install -q -e .
+    python -m pip install -q -e .
     echo "$key" > .venv/installed-demo
   fi
   exec python scripts/demo.py "$@"
@@ -42,8 +47,8 @@ fi
 
 if ! installed test; then
   echo "run.sh: installing $TORCH${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}, then moe-routing[test], into .venv"
-  pip install -q "$TORCH" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}  # before anything that depends on it
-  pip install -q -e ".[test]"
+  python -m pip install -q "$TORCH" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}  # before anything that depends on it
+  python -m pip install -q -e ".[test]"
   echo "$key" > .venv/installed-test
 fi
 if [ -z "${MOE_SHARED_DATA:-}" ] && [ ! -d ../shared/data ]; then

@@ -1,4 +1,6 @@
 """scripts/benchmark.py's reports: spreads over repetitions, no verdict from too few, peak-memory probes."""
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,18 @@ def test_real_size_shape():
     assert (spec["hidden"], spec["experts"], spec["expert_size"], spec["top_k"], spec["heads"], spec["kv_heads"],
             spec["layers"]) == (2048, 128, 768, 8, 32, 4, 2)
     assert benchmark.hf_config(spec, 2).head_dim == 128
+
+
+def test_the_evaluation_benchmark_runs_and_writes_its_report(tmp_path, capsys):
+    """A tiny end-to-end run of ``--only eval``: JAX and HF give the same greedy tokens, and the JSON holds
+    every figure the printed lines quote."""
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--only", "eval", "--reps", "1", "--eval-items", "2", "--eval-new-tokens", "3",
+                           "--batch", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["eval"]["generation"]["same_tokens"] == 1.0
+    for style in ("letter", "text"):
+        assert report["eval"][f"scoring_{style}"]["scoring_vs_forward"]["reps"] == 1
+    printed = capsys.readouterr().out
+    assert "NO VERDICT scoring_vs_forward" in printed and "PASS" not in printed
+    assert report["verdicts"] and all(line in printed.splitlines() for line in report["verdicts"])

@@ -1,4 +1,4 @@
-"""scripts/run.sh: set-up once per pyproject.toml, torch first and only for the tests, then the verb's command.
+"""scripts/run.sh: set-up once per pyproject.toml and torch index, torch first and only for the tests, then the verb's command.
 pip and python are stood in for by scripts that log their arguments (no packages are installed)."""
 import os
 import shutil
@@ -41,15 +41,17 @@ def run(root: Path, log: Path, *args: str, **env: str) -> list[str]:
 
 def test_each_verb_installs_once_per_pyproject_then_runs_its_command(clone):
     root, log = clone
-    assert run(root, log, "demo", "--quick") == ["pip install -q -e .", "python scripts/demo.py --quick"]
+    assert run(root, log, "demo", "--quick") == ["python -m pip install -q -e .", "python scripts/demo.py --quick"]
     assert run(root, log, "demo") == ["python scripts/demo.py"]
-    assert run(root, log, "test", "-x") == ["pip install -q torch==2.13.0", 'pip install -q -e .[test]',
+    assert run(root, log, "test", "-x") == ["python -m pip install -q torch==2.13.0", 'python -m pip install -q -e .[test]',
                                             "python -m pytest tests -x"]
     assert run(root, log, "test") == ["python -m pytest tests"]
     (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "\n# changed\n")
-    assert run(root, log, "demo")[0] == "pip install -q -e ."
+    assert run(root, log, "demo")[0] == "python -m pip install -q -e ."
     calls = run(root, log, "test", TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu")
-    assert calls[0] == "pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert calls[0] == "python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert run(root, log, "test", TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu") == ["python -m pytest tests"]
+    assert run(root, log, "test")[0] == "python -m pip install -q torch==2.13.0"  # another torch index: again
 
 
 def test_a_missing_verb_or_an_old_python_is_refused(clone):

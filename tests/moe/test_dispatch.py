@@ -12,7 +12,9 @@ from moe.dispatch import DISPATCH_MODES, block_rows, blocked_ffn, expert_ffn, me
 from moe.model import clamped_swiglu, swiglu
 
 PATHS = {"blocked": partial(expert_ffn, mode="blocked"), "ragged": partial(expert_ffn, mode="ragged"),
-         "dense": partial(expert_ffn, mode="dense"), "megablox": partial(megablox_ffn, interpret=True)}
+         "dense": partial(expert_ffn, mode="dense"), "megablox": partial(megablox_ffn, interpret=True),
+         # 16-row tiles: groups start and end inside tiles and span several of them
+         "megablox-16": partial(megablox_ffn, interpret=True, tile_rows=16)}
 TOL = 1e-5
 
 
@@ -139,7 +141,24 @@ def test_blocked_reads_the_stack_in_place():
 
 
 def test_unknown_mode():
-    assert set(PATHS) | {"auto"} == set(DISPATCH_MODES)
+    assert set(PATHS) - {"megablox-16"} | {"auto"} == set(DISPATCH_MODES)
     with pytest.raises(ValueError, match="unknown dispatch mode"):
         expert_ffn(jnp.zeros((2, 4)), jnp.ones((2, 1)), jnp.zeros((2, 1), jnp.int32),
                    {"gate_up": jnp.zeros((2, 4, 2, 3)), "down": jnp.zeros((2, 3, 4))}, swiglu, mode="magic")
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_mixed_precision_computes_in_the_activation_dtype(layer):
+    """float32 experts (one layer or a stack) with bfloat16 activations: the layer's experts are cast to
+    bfloat16, as the model's Linear layers cast their kernels, and the output is bfloat16."""
+    x, w, idx, p = _case(24, 8, 8, 4, 2, False, np.random.RandomState(5))
+    fused = _fused(p)
+    stack = fused if layer is None else jax.tree.map(lambda a: jnp.stack([a * 0, a]), fused)
+    x16 = jnp.asarray(x, jnp.bfloat16)
+    got = expert_ffn(x16, jnp.asarray(w, jnp.float32), jnp.asarray(idx), stack, swiglu, "blocked", layer)
+    want = expert_ffn(x16, jnp.asarray(w, jnp.float32), jnp.asarray(idx),
+                      {k: v.astype(jnp.bfloat16) for k, v in fused.items()}, swiglu, "blocked")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    ref = _numpy_reference(np.asarray(x16, np.float64), w, idx, p, False)
+    assert np.abs(np.asarray(got, np.float64) - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
