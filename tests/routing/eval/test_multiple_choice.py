@@ -1,5 +1,6 @@
 """Multiple choice by log-likelihood: prompts, parity with HF PyTorch and with a slow per-option loop
 (padding, options of different lengths and counts, one-token options, edits), progress, accuracy."""
+import jax
 import numpy as np
 import pytest
 import torch
@@ -65,13 +66,23 @@ def small(tmp_path_factory):
     return hf, *moe.from_pretrained(folder), items
 
 
+_FORWARDS = {}
+
+
 def slow_option_logprobs(model, params, prompt, option, edit=None):
-    """One unpadded forward of prompt + option, log-softmax over the whole vocabulary in float64."""
-    ids = np.asarray([prompt + option], np.int32)
-    logits = np.asarray(model.apply({"params": params}, ids, edit=edit).logits, np.float64)[0, :-1]
+    """One forward of prompt + option alone (right-padded to a power of two >= 64, which changes nothing at the
+    real positions; jitted, so the reference compiles once per width and edit kind), log-softmax over the whole
+    vocabulary in float64."""
+    ids = prompt + option
+    width = max(64, 1 << (len(ids) - 1).bit_length())
+    padded, mask = np.zeros((1, width), np.int32), np.zeros((1, width), np.int32)
+    padded[0, :len(ids)], mask[0, :len(ids)] = ids, 1
+    if id(model) not in _FORWARDS:
+        _FORWARDS[id(model)] = jax.jit(lambda p, i, m, e: model.apply({"params": p}, i, m, edit=e).logits)
+    logits = np.asarray(_FORWARDS[id(model)](params, padded, mask, edit), np.float64)[0, :len(ids) - 1]
     logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
         - logits.max(-1, keepdims=True)
-    targets = ids[0, 1:]
+    targets = np.asarray(ids[1:])
     return float(logprobs[np.arange(len(targets)), targets][-len(option):].sum())
 
 
