@@ -141,8 +141,8 @@ def hf_tensors(config: ModelConfig, params: Mapping[str, Any]) -> Iterator[tuple
 
 
 def save_hf(folder: str | Path, config: ModelConfig, params: Mapping[str, Any], *, dtype: str = "float32",
-            extra_files: Mapping[str, str] | None = None, bos_token_id: int | None = None, eos_token_id: int | None = None,
-            pad_token_id: int | None = None, overwrite: bool = False) -> Path:
+            extra_files: Mapping[str, str] | None = None, bos_token_id: int | None = None,
+            eos_token_id: int | None = None, pad_token_id: int | None = None, overwrite: bool = False) -> Path:
     """Write `folder` as an HF OLMoE checkpoint: config.json (`hf_config`), model.safetensors (`hf_tensors` in
     `dtype`) and `extra_files` ({file name: text}, e.g. tokenizer files), atomically (`moe.atomic`); an
     existing folder is replaced only with `overwrite`. Everything is checked before anything is written."""
