@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from moe.atomic import atomic_folder, check_output_folder
 from moe.config import ModelConfig
@@ -157,7 +157,7 @@ def save_hf(folder: str | Path, config: ModelConfig, params: Mapping[str, Any], 
     tensors = {name: np.ascontiguousarray(value, DTYPES[dtype]) for name, value in hf_tensors(config, params)}
     with atomic_folder(folder) as tmp:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": "pt"}))
         for name, text in extra_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
     return Path(folder).absolute()
