@@ -83,7 +83,7 @@ class OrganismData:
     """The organism's passages and codes (module docstring)."""
 
     name: str = "organism"
-    passages_name: str = "passages"
+    passages_name: str = "organism"
     passages_title: str = "organism test passages"
     reference_name: str = "base"
     correlation_task: str = "organism"
