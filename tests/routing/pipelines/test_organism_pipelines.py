@@ -29,7 +29,7 @@ EVAL = ["--limit", "3", "--max-new-tokens", "2", "--max-length", "256", "--n-boo
 
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
-    folder = write_tiny_organism(tmp_path_factory.mktemp("organism"))
+    folder = write_tiny_organism(tmp_path_factory.mktemp("organism") / "organism")
     runs = tmp_path_factory.mktemp("organism_runs")
     return folder, ["--data-dir", str(folder), "--tfds-dir", str(runs / "tfds")], runs
 
