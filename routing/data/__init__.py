@@ -42,7 +42,8 @@ from routing.data.tokenize import (
 __all__ = [
     "Belebele", "belebele_languages", "ChatVariables", "DEFAULT_CHAT_DATE", "encode_conversations", "render_chats",
     "FLORES_200_LANGUAGES", "Flores200", "Flores200Config", "Gsm8k", "MedInstruct", "MedicalMcq",
-    "Mgsm", "OrganismMath", "OrganismPassages", "PAPER_LANGUAGES", "SUITES", "REFERENCE", "SourceBuilder", "TokenBatch", "bucket_batches", "encode_texts",
+    "Mgsm", "OrganismMath", "OrganismPassages", "PAPER_LANGUAGES", "SUITES", "REFERENCE", "SourceBuilder",
+    "TokenBatch", "bucket_batches", "encode_texts",
     "flores_code", "flores_language", "flores_languages", "get_suite", "length_buckets", "load_organism_passages",
     "load_passages",
     "load_tokenizer", "parse_number", "read_records", "record_languages", "tokenize_records",

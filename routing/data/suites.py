@@ -2,7 +2,7 @@
 
 - ``"real"`` (the default): FLORES-200 devtest passages, FLORES-200 codes (short codes accepted), reference
   ``eng_Latn``, the paper's languages by default; tasks MGSM, BELEBELE, medical. ``source_dir`` is a folder
-  laid out like shared/data.
+  laid out like shared/data (None: FLORES is downloaded).
 - ``"organism"``: the model organism's passages (``routing.data.organism``), its own codes, reference its base
   language, all its languages by default; task "organism". ``source_dir`` is the organism folder (the one
   holding organism.json; None: the built-in organism).
