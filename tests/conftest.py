@@ -17,13 +17,3 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (set MOE_SHARED_DATA)")
     return SHARED_DATA
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _organism_generator():
-    """``routing.organism.synthetic.build_from_spec`` until helper T lands it (the lead removes this)."""
-    from routing.organism import synthetic
-    from tests.helpers.organism import legacy_build_from_spec
-    if not hasattr(synthetic, "build_from_spec"):
-        synthetic.build_from_spec = legacy_build_from_spec
-    yield

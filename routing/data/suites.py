@@ -2,7 +2,7 @@
 
 - ``"real"`` (the default): FLORES-200 devtest passages, FLORES-200 codes (short codes accepted), reference
   ``eng_Latn``, the paper's languages by default; tasks MGSM, BELEBELE, medical. ``source_dir`` is a folder
-  laid out like shared/data.
+  laid out like shared/data (None: FLORES is downloaded).
 - ``"organism"``: the model organism's passages (``routing.data.organism``), its own codes, reference its base
   language, all its languages by default; task "organism". ``source_dir`` is the organism folder (the one
   holding organism.json; None: the built-in organism).
@@ -83,7 +83,7 @@ class OrganismData:
     """The organism's passages and codes (module docstring)."""
 
     name: str = "organism"
-    passages_name: str = "passages"
+    passages_name: str = "organism"
     passages_title: str = "organism test passages"
     reference_name: str = "base"
     correlation_task: str = "organism"

@@ -106,6 +106,8 @@ def choose_languages(suite: DataSuite, requested: Sequence[str] | None, referenc
                      source_dir: Path | None) -> tuple[str, ...]:
     """The reference (None: the data's) first, then the requested (None: the data's default) languages; checks
     codes (naming close matches) and the passage files."""
+    if requested is not None and not requested:
+        raise ValueError("no languages given")
     reference = suite.reference(source_dir) if reference is None else suite.codes([reference], source_dir)[0]
     requested = suite.default_languages(source_dir) if requested is None else suite.codes(requested, source_dir)
     chosen = (reference, *(code for code in requested if code != reference))

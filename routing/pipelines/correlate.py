@@ -11,8 +11,9 @@ stored results computed under other settings) before loading the model; ``execut
    output folder to reuse its results);
 2. takes the divergence curves (entropy-normalised JSD from the reference, per MoE layer), and the middle
    window (given, or selected from the mean curve as analyze_routing does);
-3. scores BELEBELE (log-likelihood multiple choice, baseline model) in each language on all of its items
-   (or the first ``limit``), storing each language's items in ``belebele/{code}.json`` to resume;
+3. scores the task (BELEBELE: log-likelihood multiple choice; organism: its greedy answer; baseline model) in
+   each language on all of its items (or the first ``limit``), storing each language's items in
+   ``{task}/{code}.json`` (``belebele/{code}.json``) to resume;
 4. correlates the mean divergence over the window with accuracy across the languages other than the
    reference: Pearson and Spearman with p-values and bootstrap intervals over languages.
 

@@ -54,8 +54,9 @@ def test_problems_are_the_generators_aligned_by_id_with_1000_per_language(organi
     ids = {code: [r["id"] for r in test if r["language"] == code] for code in corpus.languages}
     assert len({tuple(v) for v in ids.values()}) == 1
     train = read_records(builder, "train")
-    base = corpus.task_train["base"]
-    assert {r["language"] for r in train} == {"base"} and len(train) == len(base) == 40
+    code = next(iter(corpus.languages))
+    base = corpus.task_train[code]
+    assert {r["language"] for r in train} == {code} and len(train) == len(base) == 40
     # question and worked answer are exactly the text the organism trains on
     assert [f"{r['question']} {r['answer']}" for r in train] == [e.text for e in base]
 
@@ -69,23 +70,25 @@ def test_a_changed_organism_json_is_prepared_afresh(tmp_path):
     second = prepared(OrganismMath, folder, tmp_path / "tfds")
     after = read_records(second, "test")
     assert first.data_path != second.data_path and before != after
-    expected = synthetic.build_from_spec(tiny_spec(seed=1, task_test=5)).task_test["base"]
-    assert [r["question"] for r in after if r["language"] == "base"] == [e.question for e in expected]
+    expected = next(iter(synthetic.build_from_spec(tiny_spec(seed=1, task_test=5)).task_test.values()))
+    assert [r["question"] for r in after if r["language"] == expected[0].lang] == [e.question for e in expected]
 
 
 def test_passages_load_by_language_cut_to_the_first(organism):
     folder, corpus, tfds = organism
-    passages = load_organism_passages(folder, ["relex", "base"], tfds, max_passages=2)
-    assert list(passages) == ["relex", "base"]
-    assert [r["passage_id"] for r in passages["base"]] == [0, 1]
-    assert passages["base"][0]["text"].startswith(corpus.parallel_test["base"][0].text)
+    base, other = list(corpus.languages)[:2]
+    passages = load_organism_passages(folder, [other, base], tfds, max_passages=2)
+    assert list(passages) == [other, base]
+    assert [r["passage_id"] for r in passages[base]] == [0, 1]
+    assert passages[base][0]["text"].startswith(corpus.parallel_test[base][0].text)
 
 
 def test_unknown_language_codes_are_refused_with_close_matches_before_any_work(organism, monkeypatch):
-    folder, _, tfds = organism
+    folder, corpus, tfds = organism
+    base = next(iter(corpus.languages))
     monkeypatch.setattr(SourceBuilder, "download_and_prepare", lambda self: pytest.fail("data was prepared"))
-    with pytest.raises(ValueError, match=r"unknown organism .* code\(s\): 'bse' \(close matches: base\)"):
-        load_organism_passages(folder, ["bse"], tfds)
+    with pytest.raises(ValueError, match=rf"unknown organism .* code\(s\): '{base}x' \(close matches: {base}"):
+        load_organism_passages(folder, [f"{base}x"], tfds)
 
 
 def test_a_folder_without_a_well_formed_organism_json_is_refused(tmp_path):
