@@ -18,21 +18,17 @@ from routing.organism.hf_tokenizer import word_level_files
 FORMAT = "moe-routing organism/1"
 
 
-def legacy_build_from_spec(spec: Mapping[str, Any]) -> synthetic.Corpus:
-    """``build_from_spec`` for the generator of today (until helper T's lands): seed and sizes."""
-    sizes = synthetic.CorpusSizes(parallel_train=spec["parallel_train"], parallel_test=spec["parallel_test"],
-                                  task_train=spec["task_train"], task_test=spec["task_test"])
-    return synthetic.build_corpus(spec["seed"], sizes)
+TINY_LANGUAGES = ("base", "shared50", "clone", "sov", "lowres")
 
 
-if not hasattr(synthetic, "build_from_spec"):  # until helper T's generator lands (the lead removes this shim)
-    synthetic.build_from_spec = legacy_build_from_spec
-
-
-def tiny_spec(seed: int = 0, task_test: int = 1000, parallel_test: int = 30) -> dict[str, Any]:
-    """A spec with few training items (the builders read only test items and the base training problems)."""
-    return {"seed": seed, "parallel_train": {"base": 4}, "parallel_test": parallel_test,
-            "task_train": {"base": 40}, "task_test": task_test}
+def tiny_spec(seed: int = 0, task_test: int = 1000, parallel_test: int = 30,
+              languages: tuple[str, ...] = TINY_LANGUAGES) -> dict[str, Any]:
+    """The default spec's ``languages`` with few training items (the builders read only test items and the base
+    training problems)."""
+    spec = synthetic.default_spec(seed)
+    entries = [{**entry, "parallel_train": 8, "task_train": 40 if entry["code"] == "base" else 0,
+                "bitext_train": 0} for entry in spec["languages"] if entry["code"] in languages]
+    return {**spec, "parallel_test": parallel_test, "task_test": task_test, "languages": entries}
 
 
 def organism_json(spec: Mapping[str, Any]) -> str:
