@@ -77,6 +77,7 @@ class DemoSettings:
     finetune_weight: float = 1.0
     n_boot: int = 2000
     alpha: float = claims.ALPHA
+    tfds_dir: Path | None = None  # where TFDS prepares the organism's data (None: the default cache)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lams", tuple(float(lam) for lam in self.lams))
@@ -87,6 +88,8 @@ class DemoSettings:
         for name in ("batch_size", "expert_samples", "n_boot", "finetune_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for all items), got {self.limit}")
         if self.finetune_steps < 0 or not 0 < self.alpha < 1:
             raise ValueError(f"need finetune_steps >= 0 and alpha in (0, 1), got {self.finetune_steps}, {self.alpha}")
 
@@ -199,7 +202,7 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
     routing_config = analyze_routing.AnalysisConfig(
         model=model, data="organism", source_dir=folder, out_dir=build / "routing", chat=False,
         max_passages=settings.max_passages, batch_size=settings.batch_size, max_length=256, seed=settings.seed,
-        window=settings.window, progress=progress)
+        window=settings.window, tfds_dir=settings.tfds_dir, progress=progress)
     analysis = analyze_routing.prepare(routing_config)
     analyze_routing.execute(analysis)
     corpora = analyze_routing.analyze_languages(analysis)  # stored: read back
@@ -226,15 +229,16 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
     expert_settings = ExpertSettings(task=TASK, window=window, tau=settings.tau, num_samples=settings.expert_samples,
                                      seed=settings.seed, batch_size=settings.batch_size, max_length=256,
                                      max_passages=settings.max_passages)
-    experts, _ = run_expert_search(model, expert_settings, build / "experts", source_dir=folder, loaded=loaded,
-                                   progress=progress)
+    experts, _ = run_expert_search(model, expert_settings, build / "experts", source_dir=folder,
+                                   tfds_dir=settings.tfds_dir, loaded=loaded, progress=progress)
     lap("task experts")
 
     steered: dict[str, list[ItemResult]] = {}
     for name, options in conditions(settings).items():
         config = steer_eval.SteerEvalConfig(
             model=model, task=TASK, experts=build / "experts" / "experts.json", out_dir=build / "steering" / name,
-            languages=analysis.languages, eval=evals, source_dir=folder, correlation=False, seed=settings.seed,
+            languages=analysis.languages, eval=evals, source_dir=folder, tfds_dir=settings.tfds_dir, correlation=False,
+            seed=settings.seed,
             n_boot=settings.n_boot, progress=progress, **options)
         steered[name] = steer_eval.execute(steer_eval.prepare(config, loaded), baseline=baseline)["steered"]
     primary = f"soft_{settings.primary_lam:g}"
@@ -260,7 +264,7 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
                "items_per_language": len(baseline) // len(analysis.languages), "window": list(window),
                "claims": {"u_shape": u_claim, "correlation": r_claim, "steering": s_claim},
                "steering": effects, "finetune": finetuned, "seconds": timings,
-               "settings": dataclasses.asdict(settings), "organism": {k: record.get(k) for k in ("training",
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}, "organism": {k: record.get(k) for k in ("training",
                                                                                                   "metrics")}}
     write_json(build / "summary.json", summary)
     with atomic_path(build / "summary.md") as temp:
@@ -275,7 +279,8 @@ def _finetune(out: Path, settings: DemoSettings, record: Mapping[str, Any], anal
     others = [lang for lang in analysis.languages if lang != base]
     ft = FinetuneSettings(layers=tuple(window.layers), router_only=True, steps=settings.finetune_steps,
                           learning_rate=settings.finetune_learning_rate)
-    data = load_task(TASK, analysis.languages, evals, source_dir=analysis.config.source_dir)
+    data = load_task(TASK, analysis.languages, evals, source_dir=analysis.config.source_dir,
+                     tfds_dir=settings.tfds_dir)
     stats_fn = statistics_fn(loaded.model, num_pairs=2)
     runs, results = {}, {}
     panels = {"before finetuning": divergence_curves(analyze_routing.analyze_languages(analysis), base)}
@@ -310,6 +315,11 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2g}"
 
 
+def _f(value: float | None) -> str:
+    """Two decimals; "n/a" for a statistic that is undefined (e.g. r of a constant accuracy)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def summary_markdown(summary: Mapping[str, Any], baseline: Sequence[ItemResult],
                      steered: Mapping[str, Sequence[ItemResult]]) -> str:
     """The verdicts, then accuracy per language and condition (in %)."""
@@ -321,8 +331,8 @@ def summary_markdown(summary: Mapping[str, Any], baseline: Sequence[ItemResult],
              "| claim | verdict | evidence |", "|---|---|---|",
              f"| 1. U-shaped divergence | {u['verdict']} | {u['u_shaped']} of {u['languages']} languages U-shaped "
              f"(bootstrap, Holm p < 0.05) |",
-             f"| 2. divergence vs accuracy | {r['verdict']} | Pearson r = {r['pearson_r']:.2f} "
-             f"[{r['pearson_ci'][0]:.2f}, {r['pearson_ci'][1]:.2f}], p = {_p(r['pearson_p'])}, n = {r['n']} |",
+             f"| 2. divergence vs accuracy | {r['verdict']} | Pearson r = {_f(r['pearson_r'])} "
+             f"[{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], p = {_p(r['pearson_p'])}, n = {r['n']} |",
              f"| 3. steering helps | {s['verdict']} | soft: {100 * e['difference']:+.1f} points "
              f"[{100 * e['difference_ci_low']:+.1f}, {100 * e['difference_ci_high']:+.1f}], p = {_p(e['mcnemar_p'])}; "
              + "; ".join(f"vs {c}: {100 * v['difference']:+.1f} (p = {_p(v['mcnemar_p'])})"
