@@ -14,7 +14,7 @@ from pathlib import Path
 
 from routing.outputs.cache import default_cache_dir
 from routing.pipelines.cli import new_parser, user_errors
-from routing.pipelines.demo import DemoSettings, check_demo, run_demo
+from routing.pipelines.demo import DemoSettings, check_demo, read_report, run_demo, seeds_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain", action="store_true",
                         help="train the organism first (about as long as scripts/train_organism.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--table", type=Path, nargs="+", metavar="REPORT",
+                        help="print the claims of these demo reports (e.g. one per training seed) as a Markdown "
+                             "table, and run nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        with user_errors(parser):
+            print(seeds_table([read_report(folder) for folder in args.table]), end="")
+        return 0
 
     with user_errors(parser):
         model = args.model

@@ -119,6 +119,13 @@ def _is_report(folder: Path) -> bool:
         return False
 
 
+def read_report(folder: str | Path) -> dict[str, Any]:
+    """The summary.json of a demo report folder; ValueError naming the folder otherwise."""
+    if not _is_report(Path(folder)):
+        raise ValueError(f"{folder} is not a demo report (no summary.json written by scripts/demo.py)")
+    return json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
+
+
 def check_demo(out: Path, settings: DemoSettings) -> dict[str, Any]:
     """Before any work: ``out`` is new, empty or an earlier demo report (which a run replaces whole), and the model
     is an organism folder (its window checked); returns its organism.json."""
@@ -260,7 +267,10 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
                           progress) if settings.finetune_steps else None
     lap("finetuning")
 
+    accuracy = {lang: float(np.mean([i.correct for i in baseline if i.language == lang]))
+                for lang in analysis.languages}
     summary = {"report": REPORT, "model": str(folder), "seed": settings.seed, "languages": list(analysis.languages),
+               "baseline_accuracy": accuracy,
                "items_per_language": len(baseline) // len(analysis.languages), "window": list(window),
                "claims": {"u_shape": u_claim, "correlation": r_claim, "steering": s_claim},
                "steering": effects, "finetune": finetuned, "seconds": timings,
@@ -354,3 +364,29 @@ def summary_markdown(summary: Mapping[str, Any], baseline: Sequence[ItemResult],
         lines.append(f"| {lang} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in summary["seconds"].items())]
     return "\n".join(lines) + "\n"
+
+
+def seeds_table(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of the claims' verdicts and evidence, one row per demo report (e.g. one per training
+    seed): the organism's training seed, base and mean non-base baseline accuracy, then each claim."""
+    lines = ["| organism seed | base acc. | non-base acc. (mean) | 1. U shape | 2. divergence vs accuracy | "
+             "3. steering (soft, non-base) | routing-aware finetuning |", "|---" * 7 + "|"]
+    for s in summaries:
+        u, r, st = (s["claims"][k] for k in ("u_shape", "correlation", "steering"))
+        accuracy = s["baseline_accuracy"]
+        others = [v for k, v in accuracy.items() if k != s["languages"][0]]
+        e = st["effect"]
+        ft = s["finetune"]
+        finetune = "not run" if ft is None else (
+            f"{ft['verdict']}: {_points(ft['routing_aware_versus_plain'])}")
+        lines.append(
+            f"| {s['organism']['training'].get('seed', '?')} | {100 * accuracy[s['languages'][0]]:.1f}% | "
+            f"{100 * sum(others) / len(others):.1f}% | {u['verdict']}: {u['u_shaped']}/{u['languages']} languages | "
+            f"{r['verdict']}: r = {_f(r['pearson_r'])} [{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], "
+            f"p = {_p(r['pearson_p'])} | {st['verdict']}: {_points(e)} | {finetune} |")
+    return "\n".join(lines) + "\n"
+
+
+def _points(effect: Mapping[str, Any]) -> str:
+    return (f"{100 * effect['difference']:+.1f} pts [{100 * effect['difference_ci_low']:+.1f}, "
+            f"{100 * effect['difference_ci_high']:+.1f}], p = {_p(effect['mcnemar_p'])}")
