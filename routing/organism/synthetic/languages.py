@@ -1,47 +1,63 @@
 """Languages that render meanings to text, all perfectly parallel with the base language.
 
-A `Language` is a word order, an adposition side and a table of forms per lexeme. The five languages:
+A language is data (`LanguageSpec`): a clause order ("SVO", "SOV" or "VSO"), an adposition side, an adjective
+side and the fraction of the base lexicon it keeps (`shared`); every other lexeme gets a generated pseudo-word
+of its own. The kept lexemes are the first ``round(shared * n)`` of one seeded permutation of the lexicon, so
+a language sharing less keeps a subset of what one sharing more keeps (25% within 50% within 75%).
+Generated words are disjoint from every other language's words. With ``digits`` numerals are the shared digit
+tokens "1" ... "20" in every language (anchors, like digits across scripts); they are not counted in `shared`.
 
-- ``base``: SVO, prepositions, the English-like words of `grammar.BASE_FORMS`.
-- ``relex``: a clone of base (same order, same morpheme sequence) with generated pseudo-words; its
-  vocabulary is disjoint from every other language's, punctuation included, so nothing anchors it.
-- ``verbfinal``: SOV (the verb ends every clause, after object and place), postpositions, no
-  do-support in questions, and its own disjoint pseudo-word vocabulary (not the base words).
-- ``shared``: SVO like base; a `shared_fraction` of the lexemes (drawn at random) keep their base
-  words, the others get pseudo-words of its own.
-- ``lowres``: built like ``relex`` (own disjoint vocabulary); the corpus gives it little data.
-
-Generated words are a stem of CV syllables from a per-language sound inventory, plus a suffix for
-marked forms (noun plural, verb third-person singular), so each language has regular morphology.
+Generated words are a stem of CV syllables from a per-language sound inventory, plus a suffix for marked forms
+(noun plural, verb third-person singular), so each language has regular morphology.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from routing.organism.synthetic.grammar import BASE_FORMS, Clause, HowMany, Meaning, NounPhrase, Place
 
-LANGUAGE_CODES = ("base", "relex", "verbfinal", "shared", "lowres")
+ORDERS = ("SVO", "SOV", "VSO")
+SIDES = ("pre", "post")
 Morpheme = tuple[str, str]  # (lexeme key, feature)
 
 _CONSONANTS = "bdfghjklmnprstvwz"
 _VOWELS = "aeiou"
 _SHORT_CATEGORIES = frozenset({"func", "prep", "conj", "aux", "punct"})
 _MARKED = {"noun": "pl", "verb": "sg", "aux": "sg"}  # the feature that carries a suffix
+NUMERAL_KEYS = tuple(k for k in BASE_FORMS if k.startswith("num:"))
 
 
-def language_tag(code: str) -> str:
-    """The tag token that names a language, e.g. "<lang:base>"."""
-    return f"<lang:{code}>"
+@dataclass(frozen=True)
+class LanguageSpec:
+    """How a language differs from the base: clause order, adposition and adjective sides, shared lexicon."""
+
+    code: str
+    order: str = "SVO"
+    adposition: str = "pre"
+    adjective: str = "pre"
+    shared: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.code or self.code.split() != [self.code]:
+            raise ValueError(f"language code must be a non-empty word, got {self.code!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"{self.code}: order must be one of {ORDERS}, got {self.order!r}")
+        for name in ("adposition", "adjective"):
+            if getattr(self, name) not in SIDES:
+                raise ValueError(f"{self.code}: {name} must be one of {SIDES}, got {getattr(self, name)!r}")
+        if isinstance(self.shared, bool) or not 0.0 <= self.shared <= 1.0:
+            raise ValueError(f"{self.code}: shared must be a fraction in [0, 1], got {self.shared!r}")
 
 
-def _noun_phrase(np: NounPhrase) -> list[Morpheme]:
+def _noun_phrase(np: NounPhrase, adjective_side: str) -> list[Morpheme]:
     if np.is_entity:
         return [(f"entity:{np.head}", "")]
     det = ("func:the", "") if np.count is None else (f"num:{np.count}", "")
     adj = [(f"adj:{np.adjective}", "")] if np.adjective else []
-    return [det, *adj, (f"noun:{np.head}", "pl" if np.plural else "sg")]
+    noun = [(f"noun:{np.head}", "pl" if np.plural else "sg")]
+    return [det, *adj, *noun] if adjective_side == "pre" else [det, *noun, *adj]
 
 
 def _agreement(subject: NounPhrase) -> str:
@@ -50,17 +66,15 @@ def _agreement(subject: NounPhrase) -> str:
 
 @dataclass(frozen=True)
 class Language:
-    """A renderer from meanings to space-separated words: `order` "SVO" or "SOV", `adposition`
-    "pre" or "post", `forms` maps lexeme key -> feature -> word."""
+    """A renderer from meanings to space-separated words: `spec` gives the orders, `forms` maps lexeme key ->
+    feature -> word."""
 
-    code: str
-    order: str
-    adposition: str
+    spec: LanguageSpec
     forms: Mapping[str, Mapping[str, str]]
 
     @property
-    def tag(self) -> str:
-        return language_tag(self.code)
+    def code(self) -> str:
+        return self.spec.code
 
     def vocabulary(self) -> frozenset[str]:
         """Every word this language can produce."""
@@ -84,30 +98,34 @@ class Language:
     def _place(self, place: Place) -> list[Morpheme]:
         noun = [("func:the", ""), (f"place:{place.place}", "")]
         adposition = (f"prep:{place.preposition}", "")
-        return [adposition, *noun] if self.adposition == "pre" else [*noun, adposition]
+        return [adposition, *noun] if self.spec.adposition == "pre" else [*noun, adposition]
 
     def _clause(self, clause: Clause) -> list[Morpheme]:
         adverb = [(f"adv:{clause.adverb}", "")] if clause.adverb else []
         verb = [(f"verb:{clause.verb}", _agreement(clause.subject))]
-        obj = _noun_phrase(clause.obj) if clause.obj else []
+        obj = _noun_phrase(clause.obj, self.spec.adjective) if clause.obj else []
         place = self._place(clause.place) if clause.place else []
-        subject = _noun_phrase(clause.subject)
-        if self.order == "SVO":
+        subject = _noun_phrase(clause.subject, self.spec.adjective)
+        if self.spec.order == "SVO":
             return [*adverb, *subject, *verb, *obj, *place]
+        if self.spec.order == "VSO":
+            return [*adverb, *verb, *subject, *obj, *place]
         return [*adverb, *subject, *obj, *place, *verb]
 
     def _how_many(self, q: HowMany) -> list[Morpheme]:
         asked = [("func:how", ""), ("func:many", ""), (f"noun:{q.item}", "pl")]
-        subject = _noun_phrase(q.subject)
-        if self.order == "SVO":
+        subject = _noun_phrase(q.subject, self.spec.adjective)
+        if self.spec.order == "SVO":
             return [*asked, ("aux:do", _agreement(q.subject)), *subject, ("verb:have", "pl"), ("punct:?", "")]
+        if self.spec.order == "VSO":
+            return [*asked, ("verb:have", _agreement(q.subject)), *subject, ("punct:?", "")]
         return [*subject, *asked, ("verb:have", _agreement(q.subject)), ("punct:?", "")]
 
 
-def _relexify(rng: random.Random, taken: set[str], keep: frozenset[str] = frozenset()) -> dict[str, dict[str, str]]:
-    """Forms for every base lexeme: base words for those in `keep`, new pseudo-words for the rest.
-
-    New words avoid everything in `taken` (and are added to it), so languages stay disjoint."""
+def _relexify(rng: random.Random, taken: set[str], keep: frozenset[str],
+              fixed: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """Forms for every base lexeme: `fixed` tables, base words for those in `keep`, new pseudo-words for the
+    rest. New words avoid everything in `taken` (and are added to it), so languages stay disjoint."""
     consonants = rng.sample(_CONSONANTS, 8)
     vowels = rng.sample(_VOWELS, 3)
 
@@ -117,8 +135,8 @@ def _relexify(rng: random.Random, taken: set[str], keep: frozenset[str] = frozen
     suffixes = {feature: word(1) for feature in sorted(set(_MARKED.values()))}
     forms: dict[str, dict[str, str]] = {}
     for key, base_table in BASE_FORMS.items():
-        if key in keep:
-            forms[key] = dict(base_table)
+        if key in fixed or key in keep:
+            forms[key] = dict(fixed.get(key, base_table))
             continue
         category = key.split(":")[0]
         length = 1 if category in _SHORT_CATEGORIES else rng.choice((2, 2, 3))
@@ -134,21 +152,25 @@ def _relexify(rng: random.Random, taken: set[str], keep: frozenset[str] = frozen
     return forms
 
 
-def make_languages(seed: int = 0, shared_fraction: float = 0.5) -> dict[str, Language]:
-    """The five languages, keyed by code in `LANGUAGE_CODES` order; deterministic given the arguments."""
-    if not 0.0 <= shared_fraction <= 1.0:
-        raise ValueError(f"shared_fraction must be in [0, 1], got {shared_fraction}")
-    rng = random.Random(seed)
+def make_languages(seed: int, specs: Sequence[LanguageSpec], digits: bool = True) -> dict[str, Language]:
+    """The languages of `specs` (the first is the base: SVO, prepositions, adjectives first, all base words),
+    keyed by code in spec order; deterministic given the arguments."""
+    if not specs:
+        raise ValueError("need at least the base language")
+    codes = [s.code for s in specs]
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"language codes must be distinct, got {codes}")
+    base = specs[0]
+    if (base.order, base.adposition, base.adjective, base.shared) != ("SVO", "pre", "pre", 1.0):
+        raise ValueError(f"the first language ({base.code}) is the base: SVO, pre, pre, shared 1.0")
+    fixed = {k: {"": str(i)} for i, k in enumerate(NUMERAL_KEYS, start=1)} if digits else {}
+    lexemes = sorted(set(BASE_FORMS) - set(fixed))
+    random.Random(f"{seed}:shared").shuffle(lexemes)
     taken = {w for table in BASE_FORMS.values() for w in table.values()}
-    keys = sorted(BASE_FORMS)
-    relex = _relexify(rng, taken)
-    verbfinal = _relexify(rng, taken)
-    shared = _relexify(rng, taken, keep=frozenset(rng.sample(keys, round(shared_fraction * len(keys)))))
-    lowres = _relexify(rng, taken)
-    return {
-        "base": Language("base", "SVO", "pre", BASE_FORMS),
-        "relex": Language("relex", "SVO", "pre", relex),
-        "verbfinal": Language("verbfinal", "SOV", "post", verbfinal),
-        "shared": Language("shared", "SVO", "pre", shared),
-        "lowres": Language("lowres", "SVO", "pre", lowres),
-    }
+    taken |= {w for table in fixed.values() for w in table.values()}
+    languages = {}
+    for spec in specs:
+        keep = frozenset(lexemes[:round(spec.shared * len(lexemes))])
+        forms = _relexify(random.Random(f"{seed}:{spec.code}"), taken, keep, fixed)
+        languages[spec.code] = Language(spec, forms)
+    return languages

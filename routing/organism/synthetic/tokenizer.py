@@ -1,45 +1,39 @@
 """A word-level tokenizer for the synthetic corpus: one id per whitespace-separated word.
 
-Ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3, <answer>=4, then one tag per language ("<lang:code>"), then
-the answer numbers "0".."20", then every word of every language, sorted.
+Ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3, <answer>=4, then the answer numbers "0".."20" (also the digits
+of questions), then every other word of every language, sorted. There are no language tags: a text's
+words alone say its language. `moe.export` writes the same token list as HF tokenizer files.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from routing.organism.synthetic.languages import Language, language_tag
+from routing.organism.synthetic.languages import Language
 from routing.organism.synthetic.task import ANSWER_MARKER, answer_tokens
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK, ANSWER_MARKER)
-_FORMAT = "routing.synthetic.tokenizer/1"
 
 
 class Tokenizer:
     """Maps words to ids and back; `tokens[i]` is the word with id i."""
 
-    def __init__(self, tokens: Sequence[str], languages: Sequence[str]):
-        head = (*SPECIALS, *(language_tag(c) for c in languages))
-        if tuple(tokens[:len(head)]) != head:
-            raise ValueError(f"tokens must start with {head}")
+    def __init__(self, tokens: Sequence[str]):
+        if tuple(tokens[:len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"tokens must start with {SPECIALS}")
         if len(set(tokens)) != len(tokens) or any(not t or t.split() != [t] for t in tokens):
             raise ValueError("tokens must be distinct, non-empty and free of whitespace")
         self.tokens = tuple(tokens)
-        self.languages = tuple(languages)
         self._ids = {t: i for i, t in enumerate(self.tokens)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id, self.answer_id = range(len(SPECIALS))
 
     @classmethod
-    def from_words(cls, words: Iterable[str], languages: Sequence[str]) -> Tokenizer:
-        """Specials, language tags, answer numbers, then `words` (sorted, deduplicated)."""
-        head = [*SPECIALS, *(language_tag(c) for c in languages), *answer_tokens()]
-        return cls(head + sorted(set(words) - set(head)), languages)
+    def from_words(cls, words: Iterable[str]) -> Tokenizer:
+        """Specials, answer numbers, then `words` (sorted, deduplicated)."""
+        head = [*SPECIALS, *answer_tokens()]
+        return cls(head + sorted(set(words) - set(head)))
 
     @property
     def vocab_size(self) -> int:
@@ -47,10 +41,6 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int:
         return self._ids.get(token, self.unk_id)
-
-    def lang_id(self, code: str) -> int:
-        """The id of a language's tag token."""
-        return self._ids[language_tag(code)]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Ids of the whitespace-separated words (unknown words -> <unk>), optionally framed by bos/eos."""
@@ -78,30 +68,10 @@ class Tokenizer:
             mask[r, span] = 1
         return ids, mask
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write JSON atomically (a temporary file in the same folder, then os.replace)."""
-        path = Path(path)
-        payload = {"format": _FORMAT, "languages": list(self.languages), "tokens": list(self.tokens)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        if payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a {_FORMAT} tokenizer file")
-        return cls(payload["tokens"], payload["languages"])
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tokenizer) and (self.tokens, self.languages) == (other.tokens, other.languages)
+        return isinstance(other, Tokenizer) and self.tokens == other.tokens
 
 
 def build_tokenizer(languages: Mapping[str, Language]) -> Tokenizer:
     """The tokenizer covering every word of `languages` (e.g. `Corpus.languages`)."""
-    return Tokenizer.from_words((w for lang in languages.values() for w in lang.vocabulary()), list(languages))
+    return Tokenizer.from_words(w for lang in languages.values() for w in lang.vocabulary())

@@ -1,4 +1,5 @@
-"""The synthetic corpus: parallelism, determinism, the language variants, task answers, the tokenizer."""
+"""The synthetic corpus: parallelism, determinism, the graded languages, task answers, the tokenizer, the spec."""
+import copy
 import os
 import random
 import subprocess
@@ -10,20 +11,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.organism.synthetic import (ANSWER_MARKER, CorpusSizes, Tokenizer, build_corpus, build_tokenizer,
-                                        make_languages, parse_answer)
-from routing.organism.synthetic.grammar import BASE_FORMS, NUMERALS, HowMany, sample_sentence
+from routing.organism.synthetic import (ANSWER_MARKER, DEFAULT_SPEC, Tokenizer, build_from_spec, build_tokenizer,
+                                        default_spec, parse_answer)
+from routing.organism.synthetic.grammar import BASE_FORMS, HowMany, sample_sentence
+from routing.organism.synthetic.languages import NUMERAL_KEYS
 from routing.organism.synthetic.task import sample_problem
 
-SMALL = CorpusSizes(parallel_train={"base": 60, "relex": 60, "verbfinal": 60, "shared": 60, "lowres": 7},
-                    parallel_test=20, task_train={"base": 40, "relex": 3, "shared": 2}, task_test=15)
-LANGS = make_languages()
+
+def small_spec(seed: int = 0) -> dict:
+    """The default languages with few items: parallel 60 (lowres 7), bitext 5, task 40 (base) / 3 / 0."""
+    spec = default_spec(seed)
+    spec.update(parallel_test=20, task_test=15)
+    for entry in spec["languages"]:
+        entry.update(parallel_train=7 if entry["code"] == "lowres" else 60, bitext_train=0 if entry["code"] == "base" else 5,
+                     task_train=40 if entry["code"] == "base" else (3 if entry["code"] == "shared75" else 0))
+    return spec
+
+
+SPEC = small_spec()
+LANGS = build_from_spec(SPEC).languages
 seeds = st.integers(0, 2**32 - 1)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return build_corpus(0, SMALL)
+    return build_from_spec(SPEC)
 
 
 def test_splits_are_parallel_and_rendered_from_their_meanings(corpus):
@@ -44,29 +56,64 @@ def test_splits_are_parallel_and_rendered_from_their_meanings(corpus):
     assert all(corpus.problems[e.id] not in train_problems for e in corpus.task_test["base"])
 
 
-def test_training_sizes_per_language(corpus):
-    for code in LANGS:
-        assert len(corpus.parallel_train[code]) == SMALL.parallel_train[code]
-        assert len(corpus.task_train[code]) == SMALL.task_train.get(code, 0)
-        assert len(corpus.parallel_test[code]) == SMALL.parallel_test
-        assert len(corpus.task_test[code]) == SMALL.task_test
+def test_training_sizes_and_bitext_per_language(corpus):
+    for entry in SPEC["languages"]:
+        code = entry["code"]
+        assert len(corpus.parallel_train[code]) == entry["parallel_train"]
+        assert len(corpus.task_train[code]) == entry["task_train"]
+        assert len(corpus.parallel_test[code]) == SPEC["parallel_test"]
+        assert len(corpus.task_test[code]) == SPEC["task_test"]
+        pairs = corpus.bitext_train.get(code, ())
+        assert len(pairs) == entry["bitext_train"]
+        for base, other in pairs:
+            assert (base.lang, other.lang, base.id) == ("base", code, other.id)
+            assert base.text == corpus.parallel_train["base"][base.id].text
+            assert other.text == corpus.parallel_train[code][other.id].text
     assert [e.id for e in corpus.parallel_train["lowres"]] == list(range(7))
-    with pytest.raises(ValueError, match="unknown"):
-        build_corpus(0, CorpusSizes(task_train={"klingon": 3}))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("seed"), r"spec lacks \['seed'\]"),
+    (lambda s: s.update(colour=1), r"unknown keys \['colour'\]"),
+    (lambda s: s.update(task_test=0), "task_test must be an integer >= 1"),
+    (lambda s: s.update(digits="yes"), "digits must be true or false"),
+    (lambda s: s.update(languages=[]), "non-empty list"),
+    (lambda s: s["languages"][1].pop("order"), r"languages\[1\] lacks \['order'\]"),
+    (lambda s: s["languages"][1].update(order="OVS"), "order must be one of"),
+    (lambda s: s["languages"][1].update(adjective="middle"), "adjective must be one of"),
+    (lambda s: s["languages"][1].update(shared=1.5), "shared must be a fraction"),
+    (lambda s: s["languages"][1].update(task_train=-1), "task_train must be an integer >= 0"),
+    (lambda s: s["languages"][1].update(bitext_train=61), "exceeds the parallel training sentences"),
+    (lambda s: s["languages"][2].update(code="shared75"), "codes must be distinct"),
+    (lambda s: s["languages"][0].update(order="SOV"), "is the base"),
+])
+def test_bad_specs_are_named(edit, message):
+    spec = copy.deepcopy(SPEC)
+    edit(spec)
+    with pytest.raises(ValueError, match=message):
+        build_from_spec(spec)
 
 
 def test_determinism():
-    assert build_corpus(5, SMALL) == build_corpus(5, SMALL)
-    assert build_corpus(5, SMALL).parallel_train != build_corpus(6, SMALL).parallel_train
-    assert make_languages(0) == LANGS
-    assert make_languages(1)["relex"].forms != LANGS["relex"].forms
+    assert build_from_spec(small_spec(5)) == build_from_spec(small_spec(5))
+    other = build_from_spec(small_spec(6))
+    assert other.parallel_train != build_from_spec(small_spec(5)).parallel_train
+    assert other.languages["clone"].forms != LANGS["clone"].forms
+    assert DEFAULT_SPEC == default_spec(0) and default_spec(3)["seed"] == 3
+
+
+def test_default_spec_has_graded_languages_and_large_test_sets():
+    entries = {e["code"]: e for e in DEFAULT_SPEC["languages"]}
+    assert list(entries)[0] == "base" and len(entries) - 1 >= 8
+    assert DEFAULT_SPEC["task_test"] >= 1000 and DEFAULT_SPEC["parallel_test"] // 3 >= 100
+    assert entries["lowres"]["parallel_train"] < entries["clone"]["parallel_train"]
 
 
 def test_corpus_does_not_depend_on_string_hashing():
     """Set iteration order varies with PYTHONHASHSEED; the corpus and vocabulary must not."""
     script = ("from routing.organism.synthetic import *; "
-              "c = build_corpus(2, CorpusSizes(parallel_test=5, task_test=5)); "
-              "print(build_tokenizer(c.languages).tokens, [e.text for e in c.task_test['shared']])")
+              "s = default_spec(2); s.update(parallel_test=5, task_test=5); c = build_from_spec(s); "
+              "print(build_tokenizer(c.languages).tokens, [e.text for e in c.task_test['shared50']])")
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("0", "1")}
     assert len(outputs) == 1
@@ -81,57 +128,79 @@ def test_rendering_is_a_function_of_meaning(seed):
         assert language.render(meaning) == language.render(again)
 
 
-def test_relexified_vocabularies_are_disjoint():
-    disjoint = ["base", "relex", "verbfinal", "lowres"]
-    for i, a in enumerate(disjoint):
-        for b in disjoint[i + 1:]:
-            assert LANGS[a].vocabulary().isdisjoint(LANGS[b].vocabulary()), (a, b)
-    assert LANGS["shared"].vocabulary().isdisjoint(LANGS["relex"].vocabulary() | LANGS["lowres"].vocabulary())
+def test_own_words_are_disjoint_and_digits_are_shared():
+    digits = {str(i) for i in range(1, 21)}
+    own = {code: language.vocabulary() - LANGS["base"].vocabulary() for code, language in LANGS.items()}
+    codes = list(LANGS)
+    for i, a in enumerate(codes):
+        for b in codes[i + 1:]:
+            assert own[a].isdisjoint(own[b]), (a, b)
     for language in LANGS.values():
+        assert [language.forms[k][""] for k in NUMERAL_KEYS] == [str(i) for i in range(1, 21)]
+        assert digits <= language.vocabulary()
         assert 100 <= len(language.vocabulary()) <= 300
         words = [w for table in language.forms.values() for w in table.values()]
         assert len(words) == len(set(words)), language.code  # no homographs within a language
 
 
+def _kept(code: str) -> set[str]:
+    return {k for k in BASE_FORMS if k not in NUMERAL_KEYS and LANGS[code].forms[k] == BASE_FORMS[k]}
+
+
+def test_shared_fractions_are_nested_and_exact():
+    lexemes = len(BASE_FORMS) - len(NUMERAL_KEYS)
+    for entry in SPEC["languages"]:
+        assert len(_kept(entry["code"])) == round(entry["shared"] * lexemes), entry["code"]
+    assert _kept("shared25") < _kept("shared50") < _kept("shared75") < _kept("base")
+    assert _kept("sov50") == _kept("shared50")
+    assert not _kept("clone") and not _kept("lowres")
+
+
+def _clauses(keys: list[str]) -> list[list[str]]:
+    clauses, current = [], []
+    for key in keys:
+        if key.startswith(("conj:", "punct:")):
+            clauses.append(current)
+            current = []
+        else:
+            current.append(key)
+    return clauses
+
+
 @settings(max_examples=60, deadline=None)
 @given(seeds)
-def test_relex_is_a_clone_and_verbfinal_reorders(seed):
+def test_word_orders_are_what_they_claim(seed):
     rng = random.Random(seed)
-    base, relex, verbfinal = LANGS["base"], LANGS["relex"], LANGS["verbfinal"]
+    base = LANGS["base"]
     for meaning in (sample_sentence(rng), *sample_problem(rng).meanings()):
-        assert relex.morphemes(meaning) == base.morphemes(meaning)
-        keys = [k for k, _ in verbfinal.morphemes(meaning)]
+        base_keys = [k for k, _ in base.morphemes(meaning)]
+        for code in ("shared75", "shared50", "shared25", "clone", "lowres"):
+            assert LANGS[code].morphemes(meaning) == base.morphemes(meaning)
+        for code in ("nounadj", "sov", "vso", "sov50"):
+            keys = [k for k, _ in LANGS[code].morphemes(meaning)]
+            assert Counter(keys) == Counter(k for k in base_keys if k != "aux:do" or code == "nounadj")
         if isinstance(meaning, HowMany):
-            assert keys[-2:] == ["verb:have", "punct:?"]
+            assert [k for k, _ in LANGS["sov"].morphemes(meaning)][-2:] == ["verb:have", "punct:?"]
+            assert [k for k, _ in LANGS["vso"].morphemes(meaning)][3] == "verb:have"
             continue
-        assert Counter(keys) == Counter(k for k, _ in base.morphemes(meaning))
-        clauses, current = [], []
-        for key in keys:
-            if key.startswith(("conj:", "punct:")):
-                clauses.append(current)
-                current = []
-            else:
-                current.append(key)
-        assert len(clauses) == len(meaning.clauses)
-        assert all(clause[-1].startswith("verb:") for clause in clauses)
-        for clause, words in zip(meaning.clauses, clauses):
+        for clause, base_clause, sov, vso, nounadj in zip(
+                meaning.clauses, _clauses(base_keys), *(_clauses([k for k, _ in LANGS[c].morphemes(meaning)])
+                                                        for c in ("sov", "vso", "nounadj"))):
+            verb = f"verb:{clause.verb}"
+            rest, a = [k for k in base_clause if k != verb], 1 if clause.adverb else 0
+            assert base_clause == [*rest[:base_clause.index(verb)], verb, *rest[base_clause.index(verb):]]
+            assert vso == [*rest[:a], verb, *rest[a:]]
+            assert sov[-1] == verb and Counter(sov[:-1]) == Counter(rest)
             if clause.place is not None:
-                at = words.index(f"place:{clause.place.place}")
-                assert words[at + 1] == f"prep:{clause.place.preposition}"  # postposition
-        if any(c.obj is not None or c.place is not None for c in meaning.clauses):
-            assert keys != [k for k, _ in base.morphemes(meaning)]
-
-
-@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
-def test_shared_overlaps_base_by_the_configured_fraction(fraction):
-    languages = make_languages(0, shared_fraction=fraction)
-    base, shared = languages["base"], languages["shared"]
-    kept = [k for k in BASE_FORMS if shared.forms[k] == base.forms[k]]
-    assert len(kept) == round(fraction * len(BASE_FORMS))
-    overlap = len(base.vocabulary() & shared.vocabulary()) / len(base.vocabulary())
-    assert abs(overlap - fraction) < 0.1
-    for code in ("relex", "verbfinal", "lowres"):
-        assert shared.vocabulary().isdisjoint(languages[code].vocabulary())
+                at = sov.index(f"place:{clause.place.place}")
+                assert sov[at + 1] == f"prep:{clause.place.preposition}"  # postposition
+                assert sov[at - 1] == "func:the" and sov[-1] == verb
+            swapped = list(base_clause)
+            for i, key in enumerate(base_clause):
+                if key.startswith("adj:"):
+                    assert base_clause[i + 1].startswith("noun:")
+                    swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
+            assert nounadj == swapped
 
 
 def _solve_base_text(question: str) -> int:
@@ -142,7 +211,7 @@ def _solve_base_text(question: str) -> int:
     assert asked[:2] == ["how", "many"] and asked[-1] == "?"
     total = None
     for words in facts:
-        amount = [NUMERALS.index(w) + 1 for w in words if w in NUMERALS][-1]  # the last numeral counts items
+        amount = [int(w) for w in words if w.isdigit()][-1]  # the last number counts items
         if total is None:
             assert "has" in words or "have" in words
             total = amount
@@ -167,17 +236,17 @@ def test_task_answers_are_correct(corpus):
     assert parse_answer(f"{ANSWER_MARKER} 1 {ANSWER_MARKER} 12") == 12
 
 
-def test_tokenizer_round_trip_and_batches(corpus, tmp_path):
+def test_tokenizer_round_trip_and_batches(corpus):
     tok = build_tokenizer(corpus.languages)
     assert (tok.pad_id, tok.tokens[tok.bos_id], tok.tokens[tok.answer_id]) == (0, "<bos>", ANSWER_MARKER)
-    assert tok.vocab_size == len(set().union(*(l.vocabulary() for l in LANGS.values()))) + 5 + 5 + 21
-    for code, language in corpus.languages.items():
-        assert tok.decode([tok.lang_id(code)]) == language.tag
-        texts = [e.text for e in corpus.parallel_test[code] + corpus.task_test[code]]
-        for text in texts:
-            ids = tok.encode(f"{language.tag} {text}", bos=True, eos=True)
-            assert tok.unk_id not in ids
-            assert tok.decode(ids, skip_control=True) == f"{language.tag} {text}"
+    assert tok.tokens[5:26] == tuple(str(i) for i in range(21))
+    assert tok.vocab_size == len(set().union(*(l.vocabulary() for l in LANGS.values())) | {"0"}) + 5
+    assert not any(t.startswith("<lang") for t in tok.tokens)
+    for code in corpus.languages:
+        for text in [e.text for e in corpus.parallel_test[code] + corpus.task_test[code]]:
+            ids = tok.encode(text, bos=True, eos=True)
+            assert tok.unk_id not in ids and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+            assert tok.decode(ids, skip_control=True) == text
     assert tok.encode("ana zzzz") == [tok.token_id("ana"), tok.unk_id]
 
     ids, mask = tok.encode_batch(["ana runs .", "ben sleeps in the house ."], pad_to=8)
@@ -188,10 +257,6 @@ def test_tokenizer_round_trip_and_batches(corpus, tmp_path):
     assert right.shape == (1, 4) and right_mask.tolist() == [[1, 1, 1, 1]] and right[0, 0] == tok.bos_id
     with pytest.raises(ValueError):
         tok.encode_batch(["ana runs ."], pad_to=2)
-
-    path = tmp_path / "tok.json"
-    tok.save(path)
-    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]
-    loaded = Tokenizer.load(path)
-    assert loaded == tok and loaded.encode(corpus.task_test["verbfinal"][0].text) == tok.encode(
-        corpus.task_test["verbfinal"][0].text)
+    assert Tokenizer(tok.tokens) == tok
+    with pytest.raises(ValueError, match="start with"):
+        Tokenizer(tok.tokens[1:])
