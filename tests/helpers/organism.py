@@ -18,21 +18,13 @@ from routing.organism.hf_tokenizer import word_level_files
 FORMAT = "moe-routing organism/1"
 
 
-def legacy_build_from_spec(spec: Mapping[str, Any]) -> synthetic.Corpus:
-    """``build_from_spec`` for the generator of today (until helper T's lands): seed and sizes."""
-    sizes = synthetic.CorpusSizes(parallel_train=spec["parallel_train"], parallel_test=spec["parallel_test"],
-                                  task_train=spec["task_train"], task_test=spec["task_test"])
-    return synthetic.build_corpus(spec["seed"], sizes)
-
-
-if not hasattr(synthetic, "build_from_spec"):  # until helper T's generator lands (the lead removes this shim)
-    synthetic.build_from_spec = legacy_build_from_spec
-
-
 def tiny_spec(seed: int = 0, task_test: int = 1000, parallel_test: int = 30) -> dict[str, Any]:
-    """A spec with few training items (the builders read only test items and the base training problems)."""
-    return {"seed": seed, "parallel_train": {"base": 4}, "parallel_test": parallel_test,
-            "task_train": {"base": 40}, "task_test": task_test}
+    """The default spec's first five languages with few training items (the builders read only test items and
+    the base training problems)."""
+    spec = synthetic.default_spec(seed)
+    languages = [{**entry, "parallel_train": 4, "task_train": 40 if i == 0 else 0, "bitext_train": 0}
+                 for i, entry in enumerate(spec["languages"][:5])]
+    return {**spec, "parallel_test": parallel_test, "task_test": task_test, "languages": languages}
 
 
 def organism_json(spec: Mapping[str, Any]) -> str:
