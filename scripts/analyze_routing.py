@@ -20,7 +20,7 @@ def build_parser():
     parser = new_parser(__doc__)
     add_flags(parser, AnalysisConfig, "model", "data", "source_dir", "out_dir", "languages", "reference",
               source_dir="folder laid out like shared/data (flores200/devtest/*.devtest, metadata_devtest.tsv); "
-                         "with --data organism, the organism folder (default: the built-in organism)",
+                         "with --data organism, the organism folder (default: the --model folder)",
               languages="comma-separated FLORES-200 codes (default: the paper's 15 languages present in "
                         "--data-dir; every organism language with --data organism); the reference is always added")
     add_chat_flags(parser, "each passage as one user turn through the chat template")

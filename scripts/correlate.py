@@ -9,7 +9,7 @@ and bootstrap intervals over languages. Writes to --out: correlation.{json,csv},
 correlation.png. Languages may be FLORES-200 codes or BELEBELE's short codes (id, zh-s, ...).
 
 With --data organism: the model organism's passages and its arithmetic task (--task organism), its own language
-codes, divergence from its base language; --data-dir is the organism folder (default: the built-in organism).
+codes, divergence from its base language; --data-dir is the organism folder (default: the --model folder).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def build_parser():
               "routing_dir", "window", "window_fraction", "window_margin", choices={"task": CORRELATE_TASKS},
               task="the task scored in each language (default: belebele; organism with --data organism)",
               source_dir="folder laid out like shared/data (flores200/, belebele/); with --data organism, the "
-                         "organism folder (default: the built-in organism)",
+                         "organism folder (default: the --model folder)",
               languages="comma-separated languages (default: every language of the task in --data-dir); the "
                         "reference is always added",
               window="middle window FIRST:LAST (MoE layers, 0-indexed, inclusive; default: selected from the "

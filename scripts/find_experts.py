@@ -5,7 +5,7 @@ Writes to --out: experts.json (selected [moe_layer, expert] pairs, settings, Del
 expert, overlap of language and task sets) and delta_task.png (+ delta_{language}.png) heatmaps. Layers are
 MoE-layer indices, 0-indexed; --window FIRST:LAST is inclusive (the paper's 1-indexed Qwen3 window 8-35 is 7:34).
 --task organism measures the model organism's base problems against its base passages; --data-dir is then the
-organism folder (default: the built-in organism) and --langs take its own codes.
+organism folder (default: the --model folder) and --langs take its own codes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def build_parser():
     add_flags(parser, run_expert_search, "model", "source_dir", source_dir="folder laid out like shared/data "
                                                                            "(default: download); the organism "
                                                                            "folder for --task organism (default: "
-                                                                           "the built-in organism)")
+                                                                           "the --model folder)")
     add_flags(parser, ExpertSettings, "task", choices={"task": EXPERT_TASKS},
               task="the task whose experts are found (mgsm: GSM8K train as task data; medical: MedInstruct; "
                    "organism: the organism's base training problems)")

@@ -26,7 +26,9 @@ import tensorflow_datasets as tfds
 import moe
 from routing.data.languages import validate_codes
 from routing.data.source import SourceBuilder, first_passages, read_records
-from routing.organism import synthetic
+from routing.organism.synthetic.corpus import Corpus, Example, TaskExample
+from routing.organism.synthetic.spec import build_from_spec
+from routing.organism.synthetic.task import ANSWER_MARKER
 
 ORGANISM_FILE = "organism.json"
 FORMAT = "moe-routing organism/1"
@@ -80,11 +82,11 @@ class OrganismBuilder(SourceBuilder):
     def summary(self) -> str:
         return f"{len(organism_languages(self.source_dir))} languages, regenerated from {ORGANISM_FILE}"
 
-    def _corpus(self, dl_manager: tfds.download.DownloadManager) -> synthetic.Corpus:
+    def _corpus(self, dl_manager: tfds.download.DownloadManager) -> Corpus:
         """The corpus ``organism.json`` specifies, checked to hold exactly its languages."""
         folder = self._locate(dl_manager)[ORGANISM_FILE].parent
         record = read_organism(folder)
-        corpus = synthetic.build_from_spec(record["data"])
+        corpus = build_from_spec(record["data"])
         if list(corpus.languages) != record["languages"]:
             raise ValueError(f"{folder / ORGANISM_FILE}: its spec generates languages {list(corpus.languages)}, "
                              f"but it lists {record['languages']}")
@@ -113,7 +115,7 @@ class OrganismPassages(OrganismBuilder):
     def _splits(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         return {"devtest": self._generate_examples(self._corpus(dl_manager).parallel_test)}
 
-    def _generate_examples(self, parallel: dict[str, Sequence[synthetic.Example]]) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, parallel: dict[str, Sequence[Example]]) -> Iterator[tuple[str, dict]]:
         _aligned(parallel, "parallel test")
         for code, examples in parallel.items():
             for passage_id, start in enumerate(range(0, len(examples), SENTENCES_PER_PASSAGE)):
@@ -141,12 +143,12 @@ class OrganismMath(OrganismBuilder):
         return {"test": self._generate_examples(corpus.task_test),
                 "train": self._generate_examples({base: corpus.task_train[base]})}
 
-    def _generate_examples(self, task: dict[str, Sequence[synthetic.TaskExample]]) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, task: dict[str, Sequence[TaskExample]]) -> Iterator[tuple[str, dict]]:
         for code, examples in task.items():
             for example in examples:
                 yield f"{code}/{example.id}", {
                     "id": example.id, "language": code, "question": example.question,
-                    "answer": f"{synthetic.ANSWER_MARKER} {example.answer}", "answer_number": float(example.answer)}
+                    "answer": f"{ANSWER_MARKER} {example.answer}", "answer_number": float(example.answer)}
 
 
 def load_organism_passages(source_dir: str | Path | None, languages: Sequence[str],

@@ -5,7 +5,8 @@
   laid out like shared/data (None: FLORES is downloaded).
 - ``"organism"``: the model organism's passages (``routing.data.organism``), its own codes, reference its base
   language, all its languages by default; task "organism". ``source_dir`` is the organism folder (the one
-  holding organism.json; None: the built-in organism).
+  holding organism.json; None: the built-in organism). A pipeline reads it from the model's own folder unless
+  given another (`data_dir`): an organism's data ships beside its weights.
 
 A suite answers every question a pipeline has about its data before any of it is prepared: which codes are
 valid (`codes`, naming close matches), the reference, the default languages, whether the passage files are
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe.builtin import builtin_path
 from routing.data.flores import load_passages
 from routing.data.languages import PAPER_LANGUAGES, REFERENCE, flores_language, flores_languages
 from routing.data.organism import (load_organism_passages, organism_folder, organism_languages,
@@ -43,6 +45,10 @@ class RealData:
     passages_title: str = "FLORES-200 devtest"
     reference_name: str = "English"
     correlation_task: str = "belebele"
+
+    def data_dir(self, source_dir: str | Path | None, model: str | Path) -> str | Path | None:
+        """``source_dir`` as given (the real data do not come with a model)."""
+        return source_dir
 
     def codes(self, languages: Sequence[str], source_dir: str | Path | None) -> tuple[str, ...]:
         """FLORES-200 codes of ``languages`` (FLORES or short codes), without repeats; ValueError naming close
@@ -87,6 +93,13 @@ class OrganismData:
     passages_title: str = "organism test passages"
     reference_name: str = "base"
     correlation_task: str = "organism"
+
+    def data_dir(self, source_dir: str | Path | None, model: str | Path) -> Path:
+        """``source_dir``, else the folder of ``model`` (a folder, or the built-in name "organism"), which holds
+        the organism's organism.json beside its weights."""
+        if source_dir is not None:
+            return Path(source_dir)
+        return builtin_path(model) or Path(model)
 
     def codes(self, languages: Sequence[str], source_dir: str | Path | None) -> tuple[str, ...]:
         """``languages`` without repeats if each is one of the organism's; ValueError naming close matches."""

@@ -52,7 +52,7 @@ class RoutingConfig:
     """One routing analysis of parallel passages: what to analyse and how (correlate.py takes the same options,
     so it can reuse stored results). `data`: the data suite (``routing.data.suites``: "real", FLORES from
     `source_dir`, a folder laid out like shared/data; "organism", the organism folder `source_dir`, None: the
-    built-in one). `languages` None: the data's default (the paper's languages present in `source_dir`; every
+    model's folder). `languages` None: the data's default (the paper's languages present in `source_dir`; every
     organism language); `reference` None: the data's (eng_Latn; the organism's base), always included.
     `tokenizer` None: the model folder's. `chat_template`: Jinja text replacing the tokenizer's. `window` "A:B"
     overrides the selected window.
@@ -80,6 +80,9 @@ class RoutingConfig:
     tfds_dir: Path | None = None
     restart: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_dir", get_suite(self.data).data_dir(self.source_dir, self.model))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,7 @@ class Flag:
 FLAGS: dict[str, Flag] = {
     "model": Flag("--model", "HF checkpoint folder, converted folder or hub id"),
     "data": Flag("--data", "the data: real (FLORES-200, BELEBELE, ... from --data-dir) or organism (the model "
-                 "organism's, from --data-dir: its folder, default the built-in organism)",
+                 "organism's, from --data-dir: its folder, default the --model folder)",
                  dict(choices=tuple(SUITES))),
     "source_dir": Flag("--data-dir", "folder laid out like shared/data", dict(type=Path)),
     "tfds_dir": Flag("--tfds-dir", "cache folder of prepared data sets (default: $MOE_TFDS_DIR, else tfds in the user "

@@ -12,7 +12,7 @@ in the same window. Every token counts, template included. Results are written a
 
 The task decides the data (``routing.data.suites``): "organism" measures the organism's base training problems
 (question, then "<answer> N") against its base passages, language experts on its passages, with its codes, and
-``source_dir`` is the organism folder (None: the built-in one).
+``source_dir`` is the organism folder (None: the model's folder).
 """
 from __future__ import annotations
 
@@ -159,8 +159,9 @@ def run_expert_search(model: str, settings: ExpertSettings, out_dir: str | Path,
                       progress: bool = True) -> tuple[ExpertSets, dict[str, Path]]:
     """Check the settings, the tokenizer and the output folder against the model's config, read the data
     (``source_dir``: a folder like shared/data, None: download; the organism folder for the organism's task,
-    None: the built-in one), load the model (unless ``loaded``), search (with a progress bar over every task
+    None: the model's folder), load the model (unless ``loaded``), search (with a progress bar over every task
     sequence and passage, unless ``progress`` is False), write outputs."""
+    source_dir = task_data(settings.task).data_dir(source_dir, model)
     settings = with_codes(settings, source_dir)
     if loaded is None:
         folder, config = load_config(model)

@@ -189,7 +189,7 @@ class SteerEvalConfig:
     """One steer_eval run. ``window`` "A:B" (MoE layers, 0-indexed, inclusive) or None: the expert file's.
 
     ``source_dir``: data laid out like shared/data (the organism folder for the organism's task, None: the
-    built-in one); ``tfds_dir``: TFDS prepared files. ``divergence``: an analyze_routing table (JSON or CSV) for
+    model's folder); ``tfds_dir``: TFDS prepared files. ``divergence``: an analyze_routing table (JSON or CSV) for
     the correlation, else it is computed on the task data's passages (FLORES; ``max_passages`` per language)
     unless ``correlation`` is False.
     """
@@ -216,6 +216,10 @@ class SteerEvalConfig:
     divergence: Path | None = None
     max_passages: int | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        suite = get_suite(get_task(self.task).data)
+        object.__setattr__(self, "source_dir", suite.data_dir(self.source_dir, self.model))
 
 
 @dataclasses.dataclass

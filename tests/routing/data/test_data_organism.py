@@ -2,12 +2,14 @@
 consecutive parallel test sentences, problems aligned by id, base training problems with their answers; a
 changed organism.json is prepared afresh; bad folders and language codes are refused before any work."""
 import json
+from pathlib import Path
 
 import pytest
 
 from routing.data.organism import (SENTENCES_PER_PASSAGE, OrganismMath, OrganismPassages, load_organism_passages,
                                    read_organism)
 from routing.data.source import SourceBuilder, read_records
+from routing.data.suites import get_suite
 from routing.organism import synthetic
 from tests.helpers.organism import tiny_spec, write_organism_json
 
@@ -103,3 +105,9 @@ def test_a_folder_without_a_well_formed_organism_json_is_refused(tmp_path):
         path.write_text(json.dumps(record))
         with pytest.raises(ValueError, match=message):
             read_organism(tmp_path)
+
+
+def test_the_organism_data_is_read_from_the_model_folder_unless_given(tmp_path):
+    organism, real = get_suite("organism"), get_suite("real")
+    assert organism.data_dir(None, str(tmp_path)) == tmp_path and organism.data_dir("data", "model") == Path("data")
+    assert real.data_dir(None, str(tmp_path)) is None and real.data_dir("data", "model") == "data"

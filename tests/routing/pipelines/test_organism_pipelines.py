@@ -1,7 +1,8 @@
 """The four pipelines run unchanged on a tiny organism folder (random OLMoE over the organism's words, its word-level
 tokenizer, organism.json): analyze_routing and correlate with --data organism, find_experts and steer_eval with
---task organism. Passages and problems are the generator's, answers match HF transformers' greedy generation, and
-bad organism language codes are refused before any work."""
+--task organism, each reading the data from the model's folder (no --data-dir). Passages and problems are the
+generator's, answers match HF transformers' greedy generation, and bad organism language codes are refused before
+any work."""
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ EVAL = ["--limit", "3", "--max-new-tokens", "2", "--max-length", "256", "--n-boo
 def organism(tmp_path_factory):
     folder = write_tiny_organism(tmp_path_factory.mktemp("organism") / "organism")
     runs = tmp_path_factory.mktemp("organism_runs")
-    return folder, ["--data-dir", str(folder), "--tfds-dir", str(runs / "tfds")], runs
+    return folder, ["--tfds-dir", str(runs / "tfds")], runs
 
 
 @pytest.fixture(scope="module")
