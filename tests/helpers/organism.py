@@ -42,14 +42,15 @@ def write_organism_json(folder: Path, spec: Mapping[str, Any]) -> Path:
     return path
 
 
-def write_tiny_organism(folder: Path, spec: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+def write_tiny_organism(folder: Path, spec: Mapping[str, Any] | None = None, seed: int = 0,
+                        num_layers: int = 2) -> Path:
     """A new organism folder written as the organism is shipped (``moe.export.save_hf`` with the word-level
     tokenizer files and organism.json for ``spec``, default `tiny_spec`): a random OLMoE over the organism's
-    words, hidden 16, 2 layers, 8 experts top-2 (the model's initialisation plus N(0, 0.1) noise, so routing is
+    words, hidden 16, ``num_layers`` layers, 8 experts top-2 (the model's initialisation plus N(0, 0.1) noise, so routing is
     far from uniform)."""
     spec = tiny_spec() if spec is None else spec
     tokens = synthetic.build_tokenizer(synthetic.build_from_spec(spec).languages).tokens
-    config = olmoe_config(vocab_size=len(tokens), hidden_size=16, num_layers=2, num_heads=2, num_experts=8, top_k=2,
+    config = olmoe_config(vocab_size=len(tokens), hidden_size=16, num_layers=num_layers, num_heads=2, num_experts=8, top_k=2,
                           expert_size=16)
     params = moe.MoeTransformer(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))["params"]
     leaves, tree = jax.tree_util.tree_flatten(params)
