@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from moe.atomic import atomic_folder, check_output_folder
+from moe.builtin import builtin_path
 from moe.checkpoint_files import CheckpointError, iter_tensors, read_json
 from moe.checkpoint_names import NAME_MAPS, PROJ
 from moe.config import ModelConfig
@@ -322,8 +323,12 @@ HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt"]
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A local model folder, or an HF hub id: downloaded with huggingface_hub, or taken from its local cache
-    when the hub cannot be reached (`moe.network.offline_reason`, checked in seconds)."""
+    """A built-in model's folder (`moe.builtin`: the string "organism"), a local model folder, or an HF hub id:
+    downloaded with huggingface_hub, or taken from its local cache when the hub cannot be reached
+    (`moe.network.offline_reason`, checked in seconds)."""
+    builtin = builtin_path(path)
+    if builtin is not None:
+        return builtin
     local = Path(path)
     if local.exists():
         if not local.is_dir():
@@ -353,7 +358,8 @@ def load_config(path: str | Path) -> tuple[Path, ModelConfig]:
 
 
 def from_pretrained(path: str | Path, dtype: Any = jnp.float32, dispatch: str = "auto", mesh: Mesh | None = None):
-    """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, or a hub id.
+    """Load (model, params) from an HF checkpoint folder, a folder written by scripts/convert.py, a hub id, or
+    a built-in model's name ("organism": `moe.builtin`).
 
     With `mesh` (see `moe.sharding.make_mesh`), parameters are placed directly as sharded arrays and the
     model runs its MoE layers expert-parallel over the mesh (`dispatch` is then the per-device dispatch).

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from moe.builtin import builtin_path
 from routing.data.chat import ChatVariables, Turn, render_chats
 
 PaddingSide = Literal["left", "right"]
@@ -23,7 +24,9 @@ TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """A bare ``tokenizer.json`` file, or a checkpoint folder (or hub id) through ``AutoTokenizer``."""
+    """A bare ``tokenizer.json`` file, or a checkpoint folder (or hub id, or built-in model name as in
+    ``moe.from_pretrained``) through ``AutoTokenizer``."""
+    path = builtin_path(path) or path
     if Path(path).is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(path))
     return AutoTokenizer.from_pretrained(str(path))
