@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from moe import ModelConfig, MoeTransformer
+from moe.export import olmoe_config
 from moe.train import LossWeights, checkpoint_manager, fit, init_state, make_train_step
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
 from routing.data.tokenize import TokenBatch
@@ -71,12 +72,10 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The HF-OLMoE-expressible config (q/k norm over projections, softmax top-k, no renormalisation)."""
-        return ModelConfig(family="olmoe", vocab_size=vocab_size, hidden_size=self.hidden_size,
-                           num_layers=self.num_layers, num_heads=self.num_heads, num_kv_heads=self.num_heads,
-                           head_dim=self.hidden_size // self.num_heads, num_experts=self.num_experts,
-                           top_k=self.top_k, expert_size=self.expert_size, norm_eps=1e-5, qk_norm="projection",
-                           routing_rule="softmax_topk", renormalize=False)
+        """The config `moe.export` writes exactly as HF OLMoE (`moe.export.olmoe_config`)."""
+        return olmoe_config(vocab_size=vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                            num_heads=self.num_heads, num_experts=self.num_experts, top_k=self.top_k,
+                            expert_size=self.expert_size)
 
 
 def run_key(spec: Mapping[str, Any], settings: TrainSettings) -> str:
