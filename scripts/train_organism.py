@@ -9,13 +9,12 @@ rerun the same command after an interruption and it continues from the last chec
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import moe
-from routing.organism.release import default_work_dir, train_organism
+from routing.organism.release import train_organism
 from routing.organism.synthetic import default_spec
 from routing.organism.train import TrainSettings
 from routing.pipelines.cli import new_parser, user_errors
@@ -50,14 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = default_spec(args.seed)
         settings = TrainSettings(seed=args.seed, steps=args.steps,
                                  warmup_steps=min(TrainSettings.warmup_steps, max(args.steps - 1, 0)))
-        record = train_organism(spec, settings, args.out, work=args.work or default_work_dir(spec, settings),
+        record = train_organism(spec, settings, args.out, work=args.work,
                                 overwrite=args.overwrite, progress=not args.quiet)
     for code, acc in record["metrics"]["task_accuracy"].items():
         curve = record["metrics"]["divergence_from_base"].get(code)
         shown = " ".join(f"{x:.3f}" for x in curve) if curve else "(reference)"
         print(f"{code:>10}: accuracy {100 * acc['accuracy']:5.1f}% (n={acc['n']})  divergence {shown}")
-    print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s "
-          f"({dataclasses.asdict(settings)['steps']} steps, seed {args.seed})")
+    print(f"wrote {args.out} in {time.perf_counter() - start:.0f}s ({settings.steps} steps, seed {args.seed})")
     return 0
 
 

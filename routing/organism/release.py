@@ -4,7 +4,6 @@ through `moe.export`."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Mapping
@@ -15,21 +14,10 @@ from moe.atomic import check_output_folder
 from moe.export import save_hf
 from routing.organism.hf_tokenizer import word_level_files
 from routing.organism.synthetic import build_from_spec, build_tokenizer, check_spec
-from routing.organism.train import TrainSettings, divergence_from_base, task_accuracy, train
-from routing.outputs.cache import default_cache_dir
+from routing.organism.train import TrainSettings, default_work_dir, divergence_from_base, task_accuracy, train
 
 FORMAT = "moe-routing organism/1"
 ORGANISM_FILE = "organism.json"
-
-
-def run_key(spec: Mapping[str, Any], settings: TrainSettings) -> str:
-    """A hash of the spec and the settings: checkpoints of another run are never resumed."""
-    text = json.dumps({"spec": spec, "settings": dataclasses.asdict(settings)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def default_work_dir(spec: Mapping[str, Any], settings: TrainSettings) -> Path:
-    return default_cache_dir() / "organism-train" / run_key(spec, settings)
 
 
 def train_organism(spec: Mapping[str, Any], settings: TrainSettings, out: str | Path, *,

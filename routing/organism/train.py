@@ -13,7 +13,9 @@ deterministic and resumes (from orbax checkpoints of `moe.train.fit`) to exactly
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ import numpy as np
 import optax
 
 from moe import ModelConfig, MoeTransformer
+from moe.export import olmoe_config
 from moe.train import LossWeights, checkpoint_manager, fit, init_state, make_train_step
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
 from routing.data.tokenize import TokenBatch
 from routing.organism.synthetic import ANSWER_MARKER, Corpus, Tokenizer
+from routing.outputs.cache import default_cache_dir
 
 SENTENCES_PER_PASSAGE = 3  # as the FLORES-like passages of `routing.data.organism`
 
@@ -37,7 +41,7 @@ class TrainSettings:
     """The model's shape and the optimisation; with the data spec, everything that determines the weights."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 32
     seq_len: int = 64
     learning_rate: float = 3e-3
@@ -68,12 +72,21 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        """The HF-OLMoE-expressible config (q/k norm over projections, softmax top-k, no renormalisation)."""
-        return ModelConfig(family="olmoe", vocab_size=vocab_size, hidden_size=self.hidden_size,
-                           num_layers=self.num_layers, num_heads=self.num_heads, num_kv_heads=self.num_heads,
-                           head_dim=self.hidden_size // self.num_heads, num_experts=self.num_experts,
-                           top_k=self.top_k, expert_size=self.expert_size, norm_eps=1e-5, qk_norm="projection",
-                           routing_rule="softmax_topk", renormalize=False)
+        """The config `moe.export` writes exactly as HF OLMoE (`moe.export.olmoe_config`)."""
+        return olmoe_config(vocab_size=vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                            num_heads=self.num_heads, num_experts=self.num_experts, top_k=self.top_k,
+                            expert_size=self.expert_size)
+
+
+def run_key(spec: Mapping[str, Any], settings: TrainSettings) -> str:
+    """A hash of the spec and the settings: checkpoints of another run are never resumed."""
+    text = json.dumps({"spec": spec, "settings": dataclasses.asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_work_dir(spec: Mapping[str, Any], settings: TrainSettings) -> Path:
+    """Where a run keeps its checkpoints unless told: one folder per `run_key` in the cache folder."""
+    return default_cache_dir() / "organism-train" / run_key(spec, settings)
 
 
 def training_documents(corpus: Corpus, tokenizer: Tokenizer, seed: int) -> list[list[int]]:

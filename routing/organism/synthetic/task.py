@@ -2,8 +2,9 @@
 
 A `Problem` is a meaning: "<person> has N <items>." then one to three steps ("<person> buys/finds/makes
 M <items>." add, "sells/loses/eats" subtract), then "how many <items> does <person> have?". The numbers
-in the question are number words of the language; the answer is written in decimal digits as one
-token shared by all languages (as MGSM answers are), so exact match is `parse_answer(text) == answer`.
+in the question are the language's numerals (shared digit tokens when the spec sets `digits`); the answer is
+written in decimal digits as one token shared by all languages (as MGSM answers are), so exact match is
+`parse_answer(text) == answer`.
 An example reads "<question> <answer> N".
 """
 from __future__ import annotations

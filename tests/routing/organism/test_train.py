@@ -66,6 +66,7 @@ def test_packing_keeps_documents_whole_and_rows_are_deterministic(data):
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
 
 
+@pytest.mark.slow  # 36 s measured while a training run shared the 2 cores (three short runs, each compiled)
 def test_resumed_training_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
     corpus, tok = data
     _, uninterrupted, history = train(corpus, tok, TINY, progress=False)
