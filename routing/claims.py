@@ -4,10 +4,13 @@ A verdict is never read off a point estimate: it says "shown" (or "helps", "hurt
 rejects at ``alpha``, and "not shown" otherwise. The tests:
 
 - **U shape** (claim 1) of one language's divergence-from-reference curve over MoE layers, from per-sequence
-  divergences [n, L]: the rise ``min(mean[0], mean[-1]) - min(mean[1:-1])`` (how far both ends lie above the
-  lowest inner layer; the inner minimum is re-found in every resample). One-sided percentile bootstrap over
-  sequences: p = (1 + #{rise* <= 0}) / (1 + resamples). Across languages, Holm's step-down correction; the claim
-  is shown when more than half of the languages are U-shaped after correction.
+  divergences [n, L]: the layers are split, before looking at the data, into the first quarter, the middle and
+  the last quarter (q = max(1, round(L / 4)) layers at each end); the statistic is the smaller of the two rises
+  ``mean(first q layers) - mean(middle)`` and ``mean(last q layers) - mean(middle)``: positive when both ends
+  diverge more than the middle. (A rule such as "the minimum lies inside" would pass any zig-zag curve, whose
+  lowest layer is inside by chance.) One-sided percentile bootstrap over sequences: p = (1 + #{rise* <= 0}) /
+  (1 + resamples). Across languages, Holm's step-down correction; the claim is shown when more than half of the
+  languages are U-shaped after correction.
 - **Divergence-accuracy correlation** (claim 2): shown when Pearson r < 0 with p < alpha and its bootstrap
   interval over languages below 0 (``routing.scoring.correlate``).
 - **An intervention's effect** (claim 3, steering; finetuning): from a row of
@@ -26,7 +29,8 @@ ALPHA = 0.05
 
 def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
     """The U-shape test of one curve from per-sequence divergences [n, L] (L >= 3 layers, n >= 2 sequences):
-    the rise, its percentile bootstrap interval and the one-sided p-value (module docstring)."""
+    the rises of both end regions over the middle, the smaller one's percentile bootstrap interval and the
+    one-sided p-value (module docstring)."""
     d = np.asarray(divergence, np.float64)
     if d.ndim != 2 or d.shape[1] < 3 or d.shape[0] < 2:
         raise ValueError(f"need per-sequence divergences [n >= 2, L >= 3], got shape {d.shape}")
@@ -34,19 +38,22 @@ def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: 
         raise ValueError("divergences must be finite")
     if n_boot < 1 or not 0 < conf < 1:
         raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
+    layers = d.shape[1]
+    q = max(1, round(layers / 4))
 
-    def rise(curves: np.ndarray) -> np.ndarray:  # [..., L] -> [...]
-        return np.minimum(curves[..., 0], curves[..., -1]) - curves[..., 1:-1].min(-1)
+    def rises(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [..., L] -> ([...], [...])
+        middle = curves[..., q:layers - q].mean(-1)
+        return curves[..., :q].mean(-1) - middle, curves[..., layers - q:].mean(-1) - middle
 
     mean = d.mean(0)
+    first, last = rises(mean)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, d.shape[0], (n_boot, d.shape[0]))
-    rises = rise(d[draws].mean(1))
+    resampled = np.minimum(*rises(d[rng.integers(0, d.shape[0], (n_boot, d.shape[0]))].mean(1)))
     tail = (1 - conf) / 2
-    low, high = np.quantile(rises, [tail, 1 - tail])
-    inner_min = 1 + int(np.argmin(mean[1:-1]))
-    return {"rise": float(rise(mean)), "rise_ci": [float(low), float(high)],
-            "p": float((1 + np.sum(rises <= 0)) / (1 + n_boot)), "min_layer": inner_min,
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return {"rise": float(min(first, last)), "rise_first": float(first), "rise_last": float(last),
+            "rise_ci": [float(low), float(high)], "p": float((1 + np.sum(resampled <= 0)) / (1 + n_boot)),
+            "regions": {"first": [0, q - 1], "middle": [q, layers - q - 1], "last": [layers - q, layers - 1]},
             "curve": mean.tolist(), "n": int(d.shape[0]), "resamples": n_boot}
 
 
@@ -72,9 +79,10 @@ def u_shape_claim(per_sequence: Mapping[str, Any], *, alpha: float = ALPHA, n_bo
         test["p_holm"] = adjusted[lang]
         test["u_shaped"] = adjusted[lang] < alpha
     shown = sum(t["u_shaped"] for t in tests.values())
-    return {"claim": "divergence from the reference is U-shaped over depth (both ends above the inner minimum)",
-            "test": "one-sided percentile bootstrap over sequences of min(first, last) - min(inner layers), "
-                    f"Holm-corrected over languages, alpha {alpha}; shown when more than half are U-shaped",
+    return {"claim": "divergence from the reference is U-shaped over depth (first and last layers above the middle)",
+            "test": "one-sided percentile bootstrap over sequences of the smaller rise of the first and last "
+                    "quarter of layers over the middle, Holm-corrected over languages, "
+                    f"alpha {alpha}; shown when more than half are U-shaped",
             "u_shaped": shown, "languages": len(tests),
             "verdict": "shown" if shown > len(tests) / 2 else "not shown", "per_language": tests}
 

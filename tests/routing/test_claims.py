@@ -14,14 +14,17 @@ def _sequences(curve, n=200, noise=0.05, seed=0):
     return np.asarray(curve)[None, :] + noise * rng.standard_normal((n, len(curve)))
 
 
-def test_u_shape_rejects_only_when_both_ends_rise_above_the_inner_minimum():
-    u = u_shape_test(_sequences([0.6, 0.3, 0.2, 0.3, 0.5]), n_boot=2000)
-    assert u["p"] < 0.001 and u["rise_ci"][0] > 0 and u["min_layer"] == 2
-    assert u["rise"] == pytest.approx(np.mean(_sequences([0.6, 0.3, 0.2, 0.3, 0.5]), 0)[[0, -1]].min()
-                                      - np.mean(_sequences([0.6, 0.3, 0.2, 0.3, 0.5]), 0)[1:-1].min())
-    for curve in ([0.6, 0.5, 0.4, 0.3, 0.2],  # monotone: the last layer is the minimum
-                  [0.3, 0.3, 0.3, 0.3, 0.3],  # flat
-                  [0.2, 0.5, 0.6, 0.5, 0.4]):  # peaked in the middle
+def test_u_shape_needs_both_end_regions_above_the_middle():
+    u = u_shape_test(_sequences([0.6, 0.5, 0.3, 0.2, 0.2, 0.3, 0.4, 0.5]), n_boot=2000)
+    assert u["p"] < 0.001 and u["rise_ci"][0] > 0 and u["regions"] == {"first": [0, 1], "middle": [2, 5],
+                                                                         "last": [6, 7]}
+    mean = _sequences([0.6, 0.5, 0.3, 0.2, 0.2, 0.3, 0.4, 0.5]).mean(0)
+    assert u["rise_first"] == pytest.approx(mean[:2].mean() - mean[2:6].mean())
+    assert u["rise_last"] == pytest.approx(mean[6:].mean() - mean[2:6].mean())
+    for curve in ([0.6, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1],  # falling: the last layers are the lowest
+                  [0.3] * 8,  # flat
+                  [0.2, 0.3, 0.5, 0.6, 0.6, 0.5, 0.3, 0.2],  # peaked in the middle
+                  [0.36, 0.53, 0.16, 0.35, 0.36, 0.53, 0.38, 0.23]):  # zig-zag whose minimum lies inside
         assert u_shape_test(_sequences(curve), n_boot=2000)["p"] > 0.05, curve
 
 
@@ -30,7 +33,7 @@ def test_u_shape_p_value_is_the_bootstrap_tail_share():
     result = u_shape_test(d, n_boot=500, seed=7)
     draws = np.random.default_rng(7).integers(0, 30, (500, 30))
     means = d[draws].mean(1)
-    rises = np.minimum(means[:, 0], means[:, -1]) - means[:, 1:-1].min(-1)
+    rises = np.minimum(means[:, 0], means[:, -1]) - means[:, 1]  # L = 3: one layer per region
     assert result["p"] == pytest.approx((1 + np.sum(rises <= 0)) / 501)
     assert 0.002 < result["p"] < 1
 
