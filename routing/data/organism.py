@@ -93,6 +93,11 @@ class OrganismBuilder(SourceBuilder):
         return corpus
 
 
+def passage_groups(examples: Sequence[Example]) -> list[Sequence[Example]]:
+    """Consecutive runs of `SENTENCES_PER_PASSAGE` sentences (the last may be shorter): the organism's passages."""
+    return [examples[start:start + SENTENCES_PER_PASSAGE] for start in range(0, len(examples), SENTENCES_PER_PASSAGE)]
+
+
 def _aligned(split: dict[str, Sequence[Any]], what: str) -> None:
     """ValueError unless every language of ``split`` holds the same ids in the same order."""
     ids = {code: [example.id for example in examples] for code, examples in split.items()}
@@ -118,8 +123,7 @@ class OrganismPassages(OrganismBuilder):
     def _generate_examples(self, parallel: dict[str, Sequence[Example]]) -> Iterator[tuple[str, dict]]:
         _aligned(parallel, "parallel test")
         for code, examples in parallel.items():
-            for passage_id, start in enumerate(range(0, len(examples), SENTENCES_PER_PASSAGE)):
-                group = examples[start:start + SENTENCES_PER_PASSAGE]
+            for passage_id, group in enumerate(passage_groups(examples)):
                 yield f"{code}/{passage_id}", {
                     "passage_id": passage_id, "url": f"organism/parallel_test/{group[0].id}-{group[-1].id}",
                     "language": code, "text": " ".join(example.text for example in group),

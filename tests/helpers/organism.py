@@ -12,11 +12,9 @@ import jax.numpy as jnp
 
 import moe
 from moe.export import olmoe_config, save_hf
+from routing.data.organism import FORMAT
 from routing.organism import synthetic
 from routing.organism.hf_tokenizer import word_level_files
-
-FORMAT = "moe-routing organism/1"
-
 
 def tiny_spec(seed: int = 0, task_test: int = 1000, parallel_test: int = 30) -> dict[str, Any]:
     """The default spec's first five languages with few training items (the builders read only test items and
