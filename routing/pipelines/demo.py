@@ -335,7 +335,9 @@ def summary_markdown(summary: Mapping[str, Any], baseline: Sequence[ItemResult],
     """The verdicts, then accuracy per language and condition (in %)."""
     u, r, s = (summary["claims"][k] for k in ("u_shape", "correlation", "steering"))
     e = s["effect"]
-    lines = [f"# Model organism: {Path(summary['model']).name}, seed {summary['seed']}", "",
+    trained = (summary.get("organism") or {}).get("training") or {}
+    lines = [f"# Model organism {Path(summary['model']).name} (training seed {trained.get('seed', '?')}); demo seed "
+             f"{summary['seed']}", "",
              f"{len(summary['languages'])} languages, {summary['items_per_language']} task items each; middle window "
              f"MoE layers {summary['window'][0]}-{summary['window'][1]}.", "",
              "| claim | verdict | evidence |", "|---|---|---|",
