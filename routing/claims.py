@@ -13,18 +13,28 @@ rejects at ``alpha``, and "not shown" otherwise. The tests:
   languages are U-shaped after correction.
 - **Divergence-accuracy correlation** (claim 2): shown when Pearson r < 0 with p < alpha and its bootstrap
   interval over languages below 0 (``routing.scoring.correlate``).
-- **An intervention's effect** (claim 3, steering; finetuning): from a row of
-  ``routing.eval.results.paired_table``: "helps" when the paired bootstrap interval of the difference lies above
-  0 and the exact McNemar p < alpha, "hurts" when it lies below 0 and p < alpha, else "no change shown".
+- **An intervention's effect** (claim 3, steering; finetuning): `clustered_effect` on the outcomes of the same
+  items before and after, an item's translations grouped as one unit (they are one problem, not independent
+  draws): "helps" when the bootstrap interval over items lies above 0 and the sign-flip test gives p < alpha,
+  "hurts" when it lies below 0 and p < alpha, else "no change shown".
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 ALPHA = 0.05
+
+
+def regions(layers: int) -> dict[str, list[int]]:
+    """The first quarter, the middle and the last quarter of ``layers`` (>= 3) MoE layers, as inclusive [first, last]
+    ranges: q = max(1, round(layers / 4)) layers at each end."""
+    if layers < 3:
+        raise ValueError(f"need >= 3 layers to split into ends and a middle, got {layers}")
+    q = max(1, round(layers / 4))
+    return {"first": [0, q - 1], "middle": [q, layers - q - 1], "last": [layers - q, layers - 1]}
 
 
 def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
@@ -39,7 +49,8 @@ def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: 
     if n_boot < 1 or not 0 < conf < 1:
         raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
     layers = d.shape[1]
-    q = max(1, round(layers / 4))
+    parts = regions(layers)
+    q = parts["first"][1] + 1
 
     def rises(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [..., L] -> ([...], [...])
         middle = curves[..., q:layers - q].mean(-1)
@@ -53,7 +64,7 @@ def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: 
     low, high = np.quantile(resampled, [tail, 1 - tail])
     return {"rise": float(min(first, last)), "rise_first": float(first), "rise_last": float(last),
             "rise_ci": [float(low), float(high)], "p": float((1 + np.sum(resampled <= 0)) / (1 + n_boot)),
-            "regions": {"first": [0, q - 1], "middle": [q, layers - q - 1], "last": [layers - q, layers - 1]},
+            "regions": parts,
             "curve": mean.tolist(), "n": int(d.shape[0]), "resamples": n_boot}
 
 
@@ -73,6 +84,9 @@ def u_shape_claim(per_sequence: Mapping[str, Any], *, alpha: float = ALPHA, n_bo
     p-values, and the verdict "shown" when more than half of the languages are U-shaped after correction."""
     if not per_sequence:
         raise ValueError("no languages to test")
+    if len(per_sequence) / (n_boot + 1) >= alpha:
+        raise ValueError(f"n_boot {n_boot} is too small: with {len(per_sequence)} languages no Holm-adjusted "
+                         f"bootstrap p-value can fall below {alpha}")
     tests = {lang: u_shape_test(d, n_boot=n_boot, seed=seed) for lang, d in per_sequence.items()}
     adjusted = holm({lang: t["p"] for lang, t in tests.items()})
     for lang, test in tests.items():
@@ -99,28 +113,29 @@ def correlation_claim(result: Mapping[str, Any], *, alpha: float = ALPHA) -> dic
             "verdict": "shown" if shown else "not shown"}
 
 
-def effect_verdict(row: Mapping[str, Any], *, alpha: float = ALPHA, better: str = "helps",
-                   worse: str = "hurts") -> str:
-    """``better``/``worse`` when a ``paired_table`` row's difference interval excludes 0 on that side and the
-    McNemar p < alpha; "no change shown" otherwise."""
-    if row["mcnemar_p"] < alpha and row["difference_ci_low"] > 0:
-        return better
-    if row["mcnemar_p"] < alpha and row["difference_ci_high"] < 0:
-        return worse
-    return "no change shown"
+def clustered_effect(base: Any, other: Any, *, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95,
+                     alpha: float = ALPHA, better: str = "helps", worse: str = "hurts") -> dict[str, Any]:
+    """The effect of an intervention on 0/1 outcomes [items, k] of the same items before (``base``) and after
+    (``other``), where the k columns are correlated versions of one item (its k languages, the same problem).
+    Items, not cells, are the independent units: the difference of accuracy (over all cells) gets a percentile
+    bootstrap interval resampling items, and a two-sided sign-flip randomisation test of the items' mean
+    differences gives p = (1 + #{|T*| >= |T|}) / (1 + n_boot). ``better``/``worse`` when p < alpha and the interval
+    excludes 0 on that side, else "no change shown"."""
+    b, o = np.asarray(base, np.float64), np.asarray(other, np.float64)
+    if b.shape != o.shape or b.ndim != 2 or b.shape[0] < 2 or b.shape[1] < 1:
+        raise ValueError(f"need two outcome tables of the same shape [items >= 2, k >= 1], got {b.shape}, {o.shape}")
+    if n_boot < 1 or not 0 < conf < 1:
+        raise ValueError(f"need n_boot >= 1 and conf in (0, 1), got n_boot={n_boot}, conf={conf}")
+    d = (o - b).mean(1)
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    tail = (1 - conf) / 2
+    low, high = (float(x) for x in np.quantile(boots, [tail, 1 - tail]))
+    flips = (rng.integers(0, 2, (n_boot, len(d))) * 2 - 1) @ d / len(d)
+    p = float((1 + np.sum(np.abs(flips) >= abs(d.mean()) - 1e-12)) / (1 + n_boot))
+    verdict = better if p < alpha and low > 0 else worse if p < alpha and high < 0 else "no change shown"
+    return {"items": int(b.shape[0]), "cells": int(b.size), "base_accuracy": float(b.mean()),
+            "other_accuracy": float(o.mean()), "difference": float(d.mean()), "difference_ci_low": low,
+            "difference_ci_high": high, "p": p, "verdict": verdict,
+            "test": "items as units: bootstrap over items, two-sided sign-flip randomisation test"}
 
-
-def effect_summary(row: Mapping[str, Any], *, alpha: float = ALPHA, better: str = "helps",
-                   worse: str = "hurts") -> dict[str, Any]:
-    """The numbers behind `effect_verdict` and the verdict, from one ``paired_table`` row."""
-    keys = ("language", "n", "base_accuracy", "steer_accuracy", "difference", "difference_ci_low",
-            "difference_ci_high", "mcnemar_p")
-    return {**{key: row[key] for key in keys}, "verdict": effect_verdict(row, alpha=alpha, better=better, worse=worse)}
-
-
-def pooled_row(rows: Sequence[Mapping[str, Any]], language: str) -> Mapping[str, Any]:
-    """The row of ``language`` (e.g. ``routing.eval.results.ALL``) in a ``paired_table``."""
-    for row in rows:
-        if row["language"] == language:
-            return row
-    raise KeyError(f"no row for {language!r} in the table")

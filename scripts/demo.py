@@ -12,9 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from moe.atomic import check_output_folder
+from routing.data.organism import ORGANISM_FILE
+from routing.organism.release import default_work_dir, train_organism
+from routing.organism.synthetic import default_spec
+from routing.organism.train import TrainSettings
 from routing.outputs.cache import default_cache_dir
 from routing.pipelines.cli import new_parser, user_errors
 from routing.pipelines.demo import DemoSettings, check_demo, read_report, run_demo, seeds_table
+from routing.window import Window
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,20 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model
         if args.retrain and model is None:
             model = default_cache_dir() / "organisms" / f"seed{args.seed}"
-        settings = DemoSettings(model=None if model is None else str(model), seed=args.seed, window=args.window,
-                                limit=args.limit, **({"finetune_steps": 0} if args.no_finetune else {}))
+        settings = DemoSettings(model=None if model is None else str(model.absolute()), seed=args.seed,
+                                window=args.window, limit=args.limit,
+                                **({"finetune_steps": 0} if args.no_finetune else {}))
         if args.retrain:
+            check_retrain(args.out, model, args.window)
             retrain(model, args.seed, progress=not args.quiet)
         check_demo(args.out, settings)
     run_demo(args.out, settings, progress=not args.quiet)
     return 0
 
 
+def check_retrain(out: Path, folder: Path, window: str | None) -> None:
+    """Before training: the report folder can be written, the window fits the organism's layers, and ``folder`` is
+    new, empty or an organism folder (which training replaces); never an unrelated folder."""
+    check_output_folder(out, may_exist=True)
+    if window is not None:
+        Window.parse(window).check(TrainSettings().num_layers)
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / ORGANISM_FILE).is_file():
+        raise FileExistsError(f"{folder} holds files but no {ORGANISM_FILE}: --retrain would replace it; choose "
+                              "another --model folder")
+
+
 def retrain(folder: Path, seed: int, progress: bool) -> None:
     """Train the organism of ``seed`` into ``folder`` (replacing it), as scripts/train_organism.py does."""
-    from routing.organism.release import default_work_dir, train_organism
-    from routing.organism.synthetic import default_spec
-    from routing.organism.train import TrainSettings
     spec, settings = default_spec(seed), TrainSettings(seed=seed)
     train_organism(spec, settings, folder, work=default_work_dir(spec, settings), overwrite=True, progress=progress)
 

@@ -34,10 +34,11 @@ from tqdm.auto import tqdm
 
 import moe
 from moe.atomic import atomic_folder, atomic_path, check_output_folder
+from moe.builtin import builtin_path
 from routing import claims, steering
-from routing.analysis import divergence_curves, sequence_divergences, statistics_fn
+from routing.analysis import divergence_curves, select_middle_window, sequence_divergences, statistics_fn
 from routing.data.organism import organism_folder, read_organism
-from routing.eval.results import ALL, ItemResult, paired_table
+from routing.eval.results import ItemResult, paired_table
 from routing.eval.tasks import EvalSettings, load_task, run_task
 from routing.finetune import FinetuneSettings, finetune
 from routing.organism.synthetic import build_from_spec
@@ -59,14 +60,16 @@ NON_BASE = "non-base"  # rows pooling every language but the base
 class DemoSettings:
     """What the demo runs. ``model``: an organism folder (None: the built-in organism). ``limit``: task items per
     language (None: all). ``window`` "A:B" (MoE layers) overrides the selected window. Task experts: the experts
-    whose Delta exceeds ``tau`` in the window. ``n_boot``: bootstrap resamples of every interval."""
+    whose Delta exceeds ``tau`` in the window, or the ``top_n`` largest (give exactly one). ``n_boot``: bootstrap
+    resamples of every interval."""
 
     model: str | None = None
     seed: int = 0
     lams: tuple[float, ...] = (0.25, 0.5, 1.0)
     primary_lam: float = 0.5
     window: str | None = None
-    tau: float = 0.05
+    tau: float | None = 0.05
+    top_n: int | None = None
     expert_samples: int = 500
     limit: int | None = None
     max_passages: int | None = None
@@ -85,7 +88,11 @@ class DemoSettings:
             raise ValueError(f"primary_lam {self.primary_lam} must be one of lams {self.lams}")
         if any(lam == 0 for lam in self.lams):
             raise ValueError("a soft steering strength of 0 leaves routing unchanged")
-        for name in ("batch_size", "expert_samples", "n_boot", "finetune_pairs"):
+        if (self.tau is None) == (self.top_n is None):
+            raise ValueError("give exactly one of tau and top_n (the task-expert rule)")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100 (bootstrap p-values are at least 1 / (n_boot + 1)), got {self.n_boot}")
+        for name in ("batch_size", "expert_samples", "finetune_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -95,11 +102,14 @@ class DemoSettings:
 
     @property
     def folder(self) -> Path:
-        return organism_folder(self.model)
+        """The organism folder, absolute: the built-in one for None or the name "organism", else ``model`` as a
+        path (so "./organism" is the local folder for the data and the weights alike)."""
+        return (builtin_path(self.model) if self.model is not None else None) or organism_folder(self.model).absolute()
 
     def eval_settings(self) -> EvalSettings:
-        """Greedy, plain prompts; the answer is one number token and <eos>."""
-        return EvalSettings(chat=False, batch_size=self.batch_size, max_new_tokens=3, limit=self.limit,
+        """Greedy, plain prompts; the answer is the one token generated after "<answer>" (the organism writes every
+        answer as one number token), the measure training reports in organism.json."""
+        return EvalSettings(chat=False, batch_size=self.batch_size, max_new_tokens=1, limit=self.limit,
                             seed=self.seed, max_length=256)
 
 
@@ -134,22 +144,41 @@ def check_demo(out: Path, settings: DemoSettings) -> dict[str, Any]:
         raise FileExistsError(f"{out} holds files that are not a demo report (no summary.json of one); choose "
                               "another report folder: a run replaces the whole folder")
     record = read_organism(settings.folder)
-    config = moe.load_config(str(settings.folder) if settings.model is not None else "organism")[1]
+    config = moe.load_config(str(settings.folder))[1]
     if settings.window is not None:
         Window.parse(settings.window).check(config.num_moe_layers)
     return record
 
 
-def _non_base(results: Sequence[ItemResult], base: str) -> list[ItemResult]:
-    return [item for item in results if item.language != base]
+def middle_window(curves: Mapping[str, np.ndarray], window: str | None, fraction: float) -> Window:
+    """``window`` ("A:B") if given, else the valley of the mean curve (``select_middle_window``) searched only in the
+    middle layers of the U-shape test (``routing.claims.regions``), so the steered and aligned window is never an
+    end layer that a zig-zag curve happens to dip at."""
+    layers = len(next(iter(curves.values())))
+    if window is not None:
+        return Window.parse(window).check(layers)
+    first, last = claims.regions(layers)["middle"]
+    inner = select_middle_window({lang: np.asarray(c)[first:last + 1] for lang, c in curves.items()}, fraction)
+    return Window(inner.first + first, inner.last + first)
 
 
-def _effect(base: Sequence[ItemResult], other: Sequence[ItemResult], reference: str, settings: DemoSettings,
-            better: str = "helps", worse: str = "hurts") -> dict[str, Any]:
-    """The pooled non-base effect of `other` against `base` on the same items, with its verdict."""
-    row = claims.pooled_row(paired_table(_non_base(base, reference), _non_base(other, reference),
-                                         n_boot=settings.n_boot, seed=settings.seed), ALL)
-    return claims.effect_summary({**row, "language": NON_BASE}, alpha=settings.alpha, better=better, worse=worse)
+def outcome_table(results: Sequence[ItemResult], languages: Sequence[str]) -> np.ndarray:
+    """0/1 outcomes [problems, languages] (problems in id order): one row per problem, its translations side by
+    side; ValueError unless every problem is scored in every language once."""
+    cells = {item.key: item.correct for item in results if item.language in languages}
+    ids = sorted({i for lang, i in cells if lang == languages[0]})
+    if len(cells) != len(ids) * len(languages) or any((lang, i) not in cells for lang in languages for i in ids):
+        raise ValueError("every problem must be scored once in every language")
+    return np.asarray([[cells[(lang, i)] for lang in languages] for i in ids], np.float64)
+
+
+def _effect(base: Sequence[ItemResult], other: Sequence[ItemResult], languages: Sequence[str],
+            settings: DemoSettings, better: str = "helps", worse: str = "hurts") -> dict[str, Any]:
+    """The effect of `other` against `base` on the same problems in `languages` (the non-base ones), problems as
+    units (``routing.claims.clustered_effect``)."""
+    return {"languages": list(languages), **claims.clustered_effect(
+        outcome_table(base, languages), outcome_table(other, languages), n_boot=settings.n_boot,
+        seed=settings.seed, alpha=settings.alpha, better=better, worse=worse)}
 
 
 def pair_batches(tokenizer, spec: Mapping[str, Any], languages: Sequence[str], base: str, pairs: int, weight: float,
@@ -211,14 +240,14 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
         max_passages=settings.max_passages, batch_size=settings.batch_size, max_length=256, seed=settings.seed,
         window=settings.window, tfds_dir=settings.tfds_dir, progress=progress)
     analysis = analyze_routing.prepare(routing_config)
-    analyze_routing.execute(analysis)
-    corpora = analyze_routing.analyze_languages(analysis)  # stored: read back
+    corpora = analyze_routing.analyze_languages(analysis)  # computed and stored; execute reads them back
     base = analysis.languages[0]
     per_sequence = {lang: d.T for lang, d in sequence_divergences(corpora, base).items()}
     u_claim = claims.u_shape_claim(per_sequence, alpha=settings.alpha, n_boot=settings.n_boot, seed=settings.seed)
     curves = divergence_curves(corpora, base)
-    window = analyze_routing.choose_window(curves, settings.window, routing_config.window_fraction,
-                                           routing_config.window_margin)
+    window = middle_window(curves, settings.window, routing_config.window_fraction)
+    analysis.config = routing_config = dataclasses.replace(routing_config, window=str(window))
+    analyze_routing.execute(analysis)
     lap("routing analysis")
 
     corr_config = correlate.CorrelateConfig(**{
@@ -233,7 +262,8 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
     r_claim = claims.correlation_claim(corr, alpha=settings.alpha)
     lap("correlation")
 
-    expert_settings = ExpertSettings(task=TASK, window=window, tau=settings.tau, num_samples=settings.expert_samples,
+    expert_settings = ExpertSettings(task=TASK, window=window, tau=settings.tau, top_n=settings.top_n,
+                                     num_samples=settings.expert_samples,
                                      seed=settings.seed, batch_size=settings.batch_size, max_length=256,
                                      max_passages=settings.max_passages)
     experts, _ = run_expert_search(model, expert_settings, build / "experts", source_dir=folder,
@@ -249,16 +279,21 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
             n_boot=settings.n_boot, progress=progress, **options)
         steered[name] = steer_eval.execute(steer_eval.prepare(config, loaded), baseline=baseline)["steered"]
     primary = f"soft_{settings.primary_lam:g}"
-    effects = {name: _effect(baseline, results, base, settings) for name, results in steered.items()}
-    versus = {control: _effect(steered[control], steered[primary], base, settings, "beats", "loses to")
+    others = [lang for lang in analysis.languages if lang != base]
+    effects = {name: _effect(baseline, results, others, settings) for name, results in steered.items()}
+    per_layer = np.bincount([layer for layer, _ in experts.task_experts], minlength=loaded.config.num_moe_layers)
+    if crowded := [int(layer) for layer in np.flatnonzero(per_layer >= loaded.config.top_k)]:
+        effects["hard"]["note"] = (f"forces >= top_k ({loaded.config.top_k}) experts in MoE layer(s) {crowded}, "
+                                   "where it replaces the router's choice entirely")
+    versus = {control: _effect(steered[control], steered[primary], others, settings, "beats", "loses to")
               for control in ("outside_window", "random_experts")}
     shown = (effects[primary]["verdict"] == "helps"
              and all(v["verdict"] == "beats" for v in versus.values()))
     s_claim = {"claim": "soft steering of middle-layer task experts raises non-base accuracy, more than steering "
                         "outside the window or random experts",
-               "test": f"pooled non-base items, paired bootstrap 95% interval and exact McNemar p < {settings.alpha}: "
-                       f"soft lambda {settings.primary_lam} (fixed in advance) against the baseline, and against each "
-                       "control at the same lambda",
+               "test": f"non-base languages, problems as units (bootstrap 95% interval over problems, sign-flip "
+                       f"randomisation p < {settings.alpha}): soft lambda {settings.primary_lam} (fixed in advance) "
+                       "against the baseline, and against each control at the same lambda",
                "task_experts": len(experts.task_experts), "effect": effects[primary], "versus_controls": versus,
                "verdict": "shown" if shown else "not shown"}
     lap("steering")
@@ -306,8 +341,8 @@ def _finetune(out: Path, settings: DemoSettings, record: Mapping[str, Any], anal
         runs[name] = {"alignment_weight": weight, "final_loss": history[-1]["loss"],
                       "window_divergence": {lang: window.mean(np.asarray(c)) for lang, c in
                                             panels[f"after {name.replace('_', '-')} finetuning"].items()},
-                      "versus_baseline": _effect(baseline, results[name], base, settings)}
-    aware = _effect(results["plain"], results["routing_aware"], base, settings, "beats", "loses to")
+                      "versus_baseline": _effect(baseline, results[name], others, settings)}
+    aware = _effect(results["plain"], results["routing_aware"], others, settings, "beats", "loses to")
     write_json(out / "finetune.json", {"settings": dataclasses.asdict(ft), "runs": runs,
                                        "routing_aware_versus_plain": aware})
     write_csv(out / "finetune.csv", [{"run": name, **row} for name in results
@@ -346,14 +381,14 @@ def summary_markdown(summary: Mapping[str, Any], baseline: Sequence[ItemResult],
              f"| 2. divergence vs accuracy | {r['verdict']} | Pearson r = {_f(r['pearson_r'])} "
              f"[{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], p = {_p(r['pearson_p'])}, n = {r['n']} |",
              f"| 3. steering helps | {s['verdict']} | soft: {100 * e['difference']:+.1f} points "
-             f"[{100 * e['difference_ci_low']:+.1f}, {100 * e['difference_ci_high']:+.1f}], p = {_p(e['mcnemar_p'])}; "
-             + "; ".join(f"vs {c}: {100 * v['difference']:+.1f} (p = {_p(v['mcnemar_p'])})"
+             f"[{100 * e['difference_ci_low']:+.1f}, {100 * e['difference_ci_high']:+.1f}], p = {_p(e['p'])}; "
+             + "; ".join(f"vs {c}: {100 * v['difference']:+.1f} (p = {_p(v['p'])})"
                          for c, v in s["versus_controls"].items()) + " |"]
     if summary["finetune"]:
         a = summary["finetune"]["routing_aware_versus_plain"]
         lines.append(f"| routing-aware finetuning | {summary['finetune']['verdict']} | vs plain: "
                      f"{100 * a['difference']:+.1f} points [{100 * a['difference_ci_low']:+.1f}, "
-                     f"{100 * a['difference_ci_high']:+.1f}], p = {_p(a['mcnemar_p'])} |")
+                     f"{100 * a['difference_ci_high']:+.1f}], p = {_p(a['p'])} |")
     names = ["baseline", *steered]
     lines += ["", "Accuracy (%) per language:", "", "| language | " + " | ".join(names) + " |",
               "|---" * (len(names) + 1) + "|"]
@@ -382,7 +417,7 @@ def seeds_table(summaries: Sequence[Mapping[str, Any]]) -> str:
         finetune = "not run" if ft is None else (
             f"{ft['verdict']}: {_points(ft['routing_aware_versus_plain'])}")
         lines.append(
-            f"| {s['organism']['training'].get('seed', '?')} | {100 * accuracy[s['languages'][0]]:.1f}% | "
+            f"| {((s.get('organism') or {}).get('training') or {}).get('seed', '?')} | {100 * accuracy[s['languages'][0]]:.1f}% | "
             f"{100 * sum(others) / len(others):.1f}% | {u['verdict']}: {u['u_shaped']}/{u['languages']} languages | "
             f"{r['verdict']}: r = {_f(r['pearson_r'])} [{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], "
             f"p = {_p(r['pearson_p'])} | {st['verdict']}: {_points(e)} | {finetune} |")
@@ -391,4 +426,4 @@ def seeds_table(summaries: Sequence[Mapping[str, Any]]) -> str:
 
 def _points(effect: Mapping[str, Any]) -> str:
     return (f"{100 * effect['difference']:+.1f} pts [{100 * effect['difference_ci_low']:+.1f}, "
-            f"{100 * effect['difference_ci_high']:+.1f}], p = {_p(effect['mcnemar_p'])}")
+            f"{100 * effect['difference_ci_high']:+.1f}], p = {_p(effect['p'])}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routing.claims import (correlation_claim, effect_verdict, holm, pooled_row, u_shape_claim, u_shape_test)
-from routing.eval.results import ItemResult, paired_table
+from routing.claims import clustered_effect, correlation_claim, holm, regions, u_shape_claim, u_shape_test
 from routing.scoring import correlate
 
 
@@ -70,17 +69,32 @@ def test_correlation_claim_needs_a_significant_negative_r():
     assert unrelated["pearson_p"] > 0.05 and unrelated["verdict"] == "not shown"
 
 
-def _results(correct, lang="x"):
-    return [ItemResult(lang, i, bool(c), None, None) for i, c in enumerate(correct)]
+def test_clustered_effect_counts_problems_not_cells():
+    rng = np.random.default_rng(0)
+    base = (rng.random((200, 9)) < 0.5).astype(float)
+    better = base.copy()
+    better[:40] = 1.0  # 40 problems solved in every language
+    result = clustered_effect(base, better, n_boot=2000)
+    assert result["verdict"] == "helps" and result["items"] == 200 and result["cells"] == 1800
+    assert result["difference"] == pytest.approx(better.mean() - base.mean())
+    assert clustered_effect(better, base, n_boot=2000)["verdict"] == "hurts"
+    # 9 perfectly correlated copies of 20 problems: as strong as the 20 problems alone, not as 180 items
+    few = (rng.random((20, 1)) < 0.5).astype(float)
+    flipped = few.copy()
+    flipped[:3] = 1 - flipped[:3]
+    copies = clustered_effect(np.repeat(few, 9, 1), np.repeat(flipped, 9, 1), n_boot=4000, seed=1)
+    alone = clustered_effect(few, flipped, n_boot=4000, seed=1)
+    assert copies["p"] == pytest.approx(alone["p"]) and copies["difference_ci_low"] == pytest.approx(
+        alone["difference_ci_low"])
+    same = clustered_effect(base, base, n_boot=500)
+    assert same["p"] == 1.0 and same["verdict"] == "no change shown"
+    with pytest.raises(ValueError, match="same shape"):
+        clustered_effect(base, base[:, :3])
 
 
-def test_effect_verdicts_follow_interval_and_mcnemar():
-    base = _results([0] * 60 + [1] * 40)
-    better = _results([1] * 30 + [0] * 30 + [1] * 40)
-    row = pooled_row(paired_table(base, better, n_boot=1000), "all")
-    assert effect_verdict(row) == "helps"
-    assert effect_verdict(pooled_row(paired_table(better, base, n_boot=1000), "all")) == "hurts"
-    small = _results([1, 1] + [0] * 58 + [1] * 40)
-    assert effect_verdict(pooled_row(paired_table(base, small, n_boot=1000), "all")) == "no change shown"
-    with pytest.raises(KeyError):
-        pooled_row(paired_table(base, better, n_boot=100), "missing")
+def test_regions_split_ends_and_middle():
+    assert regions(8) == {"first": [0, 1], "middle": [2, 5], "last": [6, 7]}
+    assert regions(3) == {"first": [0, 0], "middle": [1, 1], "last": [2, 2]}
+    assert regions(16)["middle"] == [4, 11]
+    with pytest.raises(ValueError):
+        regions(2)

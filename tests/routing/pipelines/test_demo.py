@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from routing.pipelines import demo
+from routing.pipelines import demo, steer_eval
 from routing.pipelines.demo import DemoSettings, run_demo
 from tests.helpers.organism import tiny_spec, write_tiny_organism
 from tests.helpers.scripts import script
 from tests.helpers.tiny_olmoe import tfds_dir
 
 SMALL = dict(limit=24, max_passages=6, expert_samples=16, finetune_steps=2, finetune_pairs=4, n_boot=200,
-             batch_size=32, tau=0.0)
+             batch_size=32, tau=None, top_n=2)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,11 @@ def organism(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_demo_runs_every_pipeline_and_states_each_claims_test(organism, tmp_path, tmp_path_factory):
+def test_demo_runs_every_pipeline_and_states_each_claims_test(organism, tmp_path, tmp_path_factory, monkeypatch):
+    def recomputed(*args, **kwargs):
+        raise AssertionError("steer_eval computed its own baseline instead of reusing correlate's")
+
+    monkeypatch.setattr(steer_eval, "run_baseline", recomputed)
     out, small = tmp_path / "report", {**SMALL, "tfds_dir": tfds_dir(tmp_path_factory)}
     summary = run_demo(out, DemoSettings(model=str(organism), **small), progress=False, log=lambda line: None)
     for path in ("routing/routing_table.json", "routing/divergence_by_layer.png", "correlation/correlation.json",
@@ -38,13 +42,10 @@ def test_demo_runs_every_pipeline_and_states_each_claims_test(organism, tmp_path
     assert set(summary["steering"]) == {"soft_0.25", "soft_0.5", "soft_1", "hard", "outside_window",
                                         "random_experts"}
     for effect in summary["steering"].values():
-        assert effect["n"] == 24 * 4 and effect["difference_ci_low"] <= effect["difference"] <= effect[
-            "difference_ci_high"]
-    # the steered runs reused correlate's baseline: it equals the baseline steer_eval computes itself
-    rows = json.loads((out / "steering" / "hard" / "results.json").read_text())["table"]
-    correlation = json.loads((out / "correlation" / "correlation.json").read_text())["per_language"]
-    accuracy = {row["language"]: row["organism_accuracy"] for row in correlation}
-    assert {row["language"]: row["base_accuracy"] for row in rows if row["language"] != "all"} == accuracy
+        assert (effect["items"], effect["cells"]) == (24, 24 * 4)  # problems are the units, not problem x language
+        assert effect["difference_ci_low"] <= effect["difference"] <= effect["difference_ci_high"]
+    window = summary["window"]
+    assert window[0] >= 1 and window[1] <= 1  # inside the U test's middle (3 layers: layer 1)
     assert "| 1. U-shaped divergence |" in (out / "summary.md").read_text()
     again = run_demo(out, DemoSettings(model=str(organism), **{**small, "finetune_steps": 0}), progress=False,
                      log=lambda line: None)
@@ -75,7 +76,7 @@ def test_demo_refuses_bad_settings_and_folders_before_any_work(organism, tmp_pat
 
 
 def test_seeds_table_reads_reports_and_refuses_other_folders(tmp_path, capsys):
-    effect = {"difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05, "mcnemar_p": 0.2}
+    effect = {"difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05, "p": 0.2}
     summary = {"report": demo.REPORT, "languages": ["base", "x", "y"], "baseline_accuracy": {"base": 0.9, "x": 0.5,
                                                                                              "y": 0.3},
                "organism": {"training": {"seed": 7}}, "finetune": None,
@@ -92,3 +93,20 @@ def test_seeds_table_reads_reports_and_refuses_other_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script("demo")(["--table", str(tmp_path)])
     assert "is not a demo report" in capsys.readouterr().err
+
+
+def test_retrain_refuses_an_unrelated_folder_and_a_bad_window_before_training(tmp_path, capsys, monkeypatch):
+    demo_script = script("demo")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("training started before the error")
+
+    monkeypatch.setitem(demo_script.__globals__, "train_organism", forbidden)
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "weights.bin").write_text("precious")
+    for args, message in [(["--model", str(tmp_path / "checkpoint")], "holds files but no organism.json"),
+                          (["--model", str(tmp_path / "new"), "--window", "3:9"], "0 <= FIRST <= LAST")]:
+        with pytest.raises(SystemExit):
+            demo_script(["--retrain", "--out", str(tmp_path / "report"), *args])
+        assert message in capsys.readouterr().err, args
+    assert (tmp_path / "checkpoint" / "weights.bin").read_text() == "precious"
