@@ -41,7 +41,7 @@ class TrainSettings:
     """The model's shape and the optimisation; with the data spec, everything that determines the weights."""
 
     seed: int = 0
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 32
     seq_len: int = 64
     learning_rate: float = 3e-3
