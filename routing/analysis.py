@@ -86,13 +86,20 @@ def divergence_curves(corpora: dict[str, CorpusRouting], reference: str, normali
             for lang, a, b in _aligned_pairs(corpora, reference)}
 
 
+def sequence_divergences(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True
+                         ) -> dict[str, np.ndarray]:
+    """Per language, [L, n]: each aligned sequence's divergence from `reference` per layer (the terms whose
+    mean over sequences `divergence_curves` gives)."""
+    divergence = entropy_normalized_jsd if normalized else jsd
+    return {lang: np.asarray(divergence(a.q, b.q)) for lang, a, b in _aligned_pairs(corpora, reference)}
+
+
 def divergence_intervals(corpora: dict[str, CorpusRouting], reference: str, normalized: bool = True, *,
                          n_boot: int = 1000, conf: float = 0.95, seed: int = 0) -> dict[str, np.ndarray]:
     """Per language, [2, L]: the percentile bootstrap interval (low, high) of `divergence_curves`' mean,
     resampling aligned sequences (the same draws for every layer)."""
-    divergence = entropy_normalized_jsd if normalized else jsd
-    return {lang: np.stack(bootstrap_mean_interval(np.asarray(divergence(a.q, b.q)), n_boot, seed, conf))
-            for lang, a, b in _aligned_pairs(corpora, reference)}
+    return {lang: np.stack(bootstrap_mean_interval(d, n_boot, seed, conf))
+            for lang, d in sequence_divergences(corpora, reference, normalized).items()}
 
 
 def select_middle_window(curves: dict[str, np.ndarray], fraction: float = 0.25, margin: int = 0) -> Window:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Routing divergence of parallel FLORES passages from a reference language, per MoE layer (the paper's Figure 1).
+"""Routing divergence of parallel FLORES passages from a reference language, per MoE layer (the paper's Figure 1);
+with --data organism, of the model organism's parallel passages from its base language.
 
 Writes to --out: routing_table.{json,csv} (per-layer, per-language divergence, raw JSD, entropy, consistency),
 middle_window.json (0-indexed, inclusive, in MoE-layer and decoder-layer indices), divergence_by_layer.png,
@@ -17,10 +18,11 @@ from routing.pipelines.cli import add_chat_flags, add_flags, new_parser, setting
 
 def build_parser():
     parser = new_parser(__doc__)
-    add_flags(parser, AnalysisConfig, "model", "source_dir", "out_dir", "languages", "reference",
-              source_dir="folder laid out like shared/data (flores200/devtest/*.devtest, metadata_devtest.tsv)",
+    add_flags(parser, AnalysisConfig, "model", "data", "source_dir", "out_dir", "languages", "reference",
+              source_dir="folder laid out like shared/data (flores200/devtest/*.devtest, metadata_devtest.tsv); "
+                         "with --data organism, the organism folder (default: the --model folder)",
               languages="comma-separated FLORES-200 codes (default: the paper's 15 languages present in "
-                        "--data-dir); the reference is always added")
+                        "--data-dir; every organism language with --data organism); the reference is always added")
     add_chat_flags(parser, "each passage as one user turn through the chat template")
     add_flags(parser, AnalysisConfig, "chat_template", "tokenizer", "max_passages", "batch_size", "max_length",
               "truncation", "num_pairs", "seed", "dtype", "window", "window_fraction", "window_margin",

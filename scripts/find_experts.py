@@ -4,6 +4,8 @@
 Writes to --out: experts.json (selected [moe_layer, expert] pairs, settings, Delta tables per MoE layer and
 expert, overlap of language and task sets) and delta_task.png (+ delta_{language}.png) heatmaps. Layers are
 MoE-layer indices, 0-indexed; --window FIRST:LAST is inclusive (the paper's 1-indexed Qwen3 window 8-35 is 7:34).
+--task organism measures the model organism's base problems against its base passages; --data-dir is then the
+organism folder (default: the --model folder) and --langs take its own codes.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from routing.window import Window
 def build_parser():
     parser = new_parser(__doc__)
     add_flags(parser, run_expert_search, "model", "source_dir", source_dir="folder laid out like shared/data "
-                                                                           "(default: download)")
+                                                                           "(default: download); the organism "
+                                                                           "folder for --task organism (default: "
+                                                                           "the --model folder)")
     add_flags(parser, ExpertSettings, "task", choices={"task": EXPERT_TASKS},
-              task="the task whose experts are found (mgsm: GSM8K train as task data; medical: MedInstruct)")
+              task="the task whose experts are found (mgsm: GSM8K train as task data; medical: MedInstruct; "
+                   "organism: the organism's base training problems)")
     rule = parser.add_mutually_exclusive_group(required=True)
     rule.add_argument("--tau", type=float, help="select experts with Delta > tau")
     rule.add_argument("--top-n", type=int, help="select the N experts with the largest Delta in the window")

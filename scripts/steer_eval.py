@@ -8,7 +8,8 @@ random). Writes to --out: results.{json,csv} (accuracy, Wilson CIs, McNemar p-va
 difference, per language and pooled), items.jsonl, steer_eval.png, config.json (the exact configuration), and
 correlation.{json,png} (middle-layer divergence vs baseline accuracy, Pearson and Spearman with p-values and
 bootstrap intervals over languages) when at least three languages other than English are evaluated. For BELEBELE
-across all its languages, see correlate.py.
+across all its languages, see correlate.py. --task organism evaluates the model organism (its own language codes,
+its prompt "{question} <answer>"; --data-dir is the organism folder, default the --model folder).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def build_parser():
               "languages", "out_dir", "control", "source_dir", "tfds_dir", "tokenizer",
               lam=f"soft steering strength (default {DEFAULT_LAM}); soft mode only",
               window="FIRST:LAST MoE layers, 0-indexed, inclusive (default: the expert file's)",
-              source_dir="folder laid out like shared/data (default: download)")
+              source_dir="folder laid out like shared/data (default: download); the organism folder for --task "
+                         "organism (default: the --model folder)")
     add_chat_flags(parser, "prompts as a user turn of the chat template")
     add_flags(parser, EvalSettings, "chat_template", "chat_date", "reasoning_effort", "instruction", "template", "stop",
               "answer_format", "limit", "batch_size", "max_length", "truncation", "buckets", "max_new_tokens", "shots",

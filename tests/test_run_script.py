@@ -41,7 +41,7 @@ def run(root: Path, log: Path, *args: str, **env: str) -> list[str]:
 
 def test_each_verb_installs_once_per_pyproject_then_runs_its_command(clone):
     root, log = clone
-    assert run(root, log, "demo", "--quick") == ["python -m pip install -q -e .", "python scripts/demo.py --quick"]
+    assert run(root, log, "demo", "--limit", "9") == ["python -m pip install -q -e .", "python scripts/demo.py --limit 9"]
     assert run(root, log, "demo") == ["python scripts/demo.py"]
     assert run(root, log, "test", "-x") == ["python -m pip install -q torch==2.13.0", 'python -m pip install -q -e .[test]',
                                             "python -m pytest tests -x"]

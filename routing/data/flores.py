@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from routing.data.languages import flores_languages, validate_flores_languages
-from routing.data.source import SourceBuilder, read_lines, read_records
+from routing.data.source import SourceBuilder, first_passages, read_lines, read_records
 
 FLORES_URL = "https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz"
 METADATA = "flores200/metadata_devtest.tsv"
@@ -116,7 +116,4 @@ def load_passages(source_dir: str | Path | None, languages: Sequence[str], tfds_
     chosen = validate_flores_languages(languages, present)
     builder = Flores200(config="passages", source_dir=source_dir, data_dir=tfds_dir)
     builder.download_and_prepare()
-    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in chosen}
-    for record in read_records(builder, "devtest", languages=chosen):
-        passages[record["language"]].append(record)
-    return {code: sorted(rows, key=lambda r: r["passage_id"])[:max_passages] for code, rows in passages.items()}
+    return first_passages(read_records(builder, "devtest", languages=chosen), chosen, max_passages)

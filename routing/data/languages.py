@@ -70,6 +70,12 @@ def validate_flores_languages(
     languages: Iterable[str], available: Sequence[str] = FLORES_200_LANGUAGES
 ) -> tuple[str, ...]:
     """Return ``languages`` as a tuple without repeats, or raise ValueError naming close matches of unknown codes."""
+    return validate_codes(languages, available, "FLORES-200")
+
+
+def validate_codes(languages: Iterable[str], available: Sequence[str], kind: str) -> tuple[str, ...]:
+    """``languages`` as a tuple without repeats, each one of ``available``; ValueError "unknown {kind} language
+    code(s)" naming close matches of the others, or "no languages given"."""
     chosen = tuple(dict.fromkeys(languages))
     if not chosen:
         raise ValueError("no languages given")
@@ -77,7 +83,7 @@ def validate_flores_languages(
     problems = [f"{code!r} (close matches: {', '.join(close_codes(code, available)) or 'none'})"
                 for code in chosen if code not in known]
     if problems:
-        raise ValueError("unknown FLORES-200 language code(s): " + "; ".join(problems))
+        raise ValueError(f"unknown {kind} language code(s): " + "; ".join(problems))
     return chosen
 
 

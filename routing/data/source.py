@@ -259,3 +259,13 @@ def read_records(builder: tfds.core.DatasetBuilder, split: str,
                 raise ValueError(f"{builder.name} ({split}) has no records in {language}")
             indices.extend(range(start, end))
     return [{field: decode_value(value) for field, value in row.items()} for row in source.__getitems__(indices)]
+
+
+def first_passages(records: Sequence[Mapping[str, Any]], languages: Sequence[str],
+                   max_passages: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Passage records by language (``languages``, in that order), each sorted by passage id and cut to the first
+    ``max_passages`` (None: all)."""
+    passages: dict[str, list[dict[str, Any]]] = {code: [] for code in languages}
+    for record in records:
+        passages[record["language"]].append(dict(record))
+    return {code: sorted(rows, key=lambda r: r["passage_id"])[:max_passages] for code, rows in passages.items()}

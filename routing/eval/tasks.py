@@ -4,8 +4,10 @@ records per language (`load_task`) and one call to run them (`run_task`).
 A `Task` names the TFDS builder and split of its records (``routing.data``), how they are prompted and
 scored (generation with the last number of the answer scored, as MGSM, ``routing.eval.mgsm``; or multiple
 choice by log-likelihood, ``routing.eval.multiple_choice``), where few-shot exemplars come from, and the
-English data its task experts are measured on. A new task is its builder and one entry in `TASKS`.
-``source_dir`` is a folder laid out like ``shared/data``, ``tfds_dir`` where TFDS keeps prepared files.
+data its task experts are measured on (in the reference language), and the data suite it belongs to
+(``routing.data.suites``: its language codes and passages). A new task is its builder and one entry in `TASKS`.
+``source_dir`` is the suite's folder (laid out like ``shared/data``, or the organism folder), ``tfds_dir``
+where TFDS keeps prepared files.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import numpy as np
 
 from routing.data.belebele import Belebele
 from routing.data.chat import DEFAULT_CHAT_DATE, ChatVariables, Turn
-from routing.data.languages import flores_language
 from routing.data.math_problems import Gsm8k, Mgsm
 from routing.data.medical import MedicalMcq, MedInstruct
+from routing.data.organism import OrganismMath
 from routing.data.source import SourceBuilder, read_records, record_languages
+from routing.data.suites import get_suite
 from routing.data.tokenize import TRUNCATIONS
 from routing.eval.mgsm import (ANSWER_FORMATS, DEFAULT_TEMPLATE, MgsmFormat, check_template, evaluate_mgsm,
                                gsm8k_exemplars, resolve_answer_format, split_mgsm_exemplars)
@@ -135,8 +138,8 @@ def _prepared(builder_cls: type[SourceBuilder], source_dir: str | Path | None,
 
 @dataclasses.dataclass(frozen=True)
 class ExpertData:
-    """The English data a task's experts are found with: records of one split of a builder, each made into a
-    (user, assistant) conversation by ``turns``."""
+    """The reference-language data a task's experts are found with: records of one split of a builder, each
+    made into a (user, assistant) conversation by ``turns``."""
 
     builder: type[SourceBuilder]
     split: str
@@ -156,8 +159,10 @@ Evaluate = Callable[..., list[ItemResult]]
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One evaluation: its records (``builder``, ``split``), how they are prompted and scored (``evaluate``),
-    where few-shot exemplars come from (``exemplars``; None: the task takes none, ``shots`` is ignored) and
-    the data its task experts are measured on (``experts``; None: no expert search)."""
+    where few-shot exemplars come from (``exemplars``; None: the task takes none, ``shots`` is ignored),
+    the data its task experts are measured on (``experts``; None: no expert search), its data suite
+    (``data``, ``routing.data.suites``), its own prompt template (``template``, see `task_settings`; None:
+    ``EvalSettings.template``) and its name in figures and tables (``title``; empty: ``name``)."""
 
     name: str
     builder: type[SourceBuilder]
@@ -165,6 +170,13 @@ class Task:
     evaluate: Evaluate
     exemplars: Callable[..., tuple[Exemplars, Records]] | None = None
     experts: ExpertData | None = None
+    data: str = "real"
+    template: str | None = None
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
 
 def generation(model, params, tokenizer, data: TaskData, settings: EvalSettings, **run: Any) -> list[ItemResult]:
@@ -200,12 +212,18 @@ def _instruction(record: Mapping[str, Any]) -> list[Turn]:
             ("assistant", record["output"])]
 
 
+ORGANISM_TEMPLATE = "{question} <answer>"
+"""The organism's prompt: the question and the answer marker, which the model continues with the number."""
+
 TASKS: dict[str, Task] = {task.name: task for task in (
-    Task("mgsm", Mgsm, "test", generation, exemplars=mgsm_exemplars,
+    Task("mgsm", Mgsm, "test", generation, exemplars=mgsm_exemplars, title="MGSM",
          experts=ExpertData(Gsm8k, "train", _solution)),  # GSM8K question and worked solution
-    Task("belebele", Belebele, "test", multiple_choice),
+    Task("belebele", Belebele, "test", multiple_choice, title="BELEBELE"),
     Task("medical", MedicalMcq, "test", multiple_choice,
          experts=ExpertData(MedInstruct, "test", _instruction)),  # instruction (and input), reference answer
+    Task("organism", OrganismMath, "test", generation, data="organism", template=ORGANISM_TEMPLATE,
+         title="organism arithmetic",
+         experts=ExpertData(OrganismMath, "train", _solution)),  # base question and "<answer> N"
 )}
 EXPERT_TASKS = tuple(name for name, task in TASKS.items() if task.experts is not None)
 
@@ -217,14 +235,27 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def task_settings(task: str, settings: EvalSettings) -> EvalSettings:
+    """``settings`` as ``task`` runs with them: a task with its own prompt template (the organism's) gets it in
+    place of the default MGSM template; ValueError for any other template given."""
+    own = get_task(task).template
+    if own is None or settings.template == own:
+        return settings
+    if settings.template != DEFAULT_TEMPLATE:
+        raise ValueError(f"task {task!r} prompts with its own template {own!r}, not {settings.template!r}: "
+                         "drop --template")
+    return dataclasses.replace(settings, template=own)
+
+
 def load_task(task: str, languages: Sequence[str], settings: EvalSettings = EvalSettings(), *,
               source_dir: str | Path | None = None, tfds_dir: str | Path | None = None) -> TaskData:
     """Records of ``task`` in ``languages``, aligned: the ids every language has (first ``limit`` of them).
 
-    Raises ValueError for an unknown task or a language the task's data does not have.
+    Raises ValueError for an unknown task or a language the task's data does not have (codes are read as
+    the task's data suite reads them, ``routing.data.suites``).
     """
     spec = get_task(task)
-    langs = tuple(dict.fromkeys(flores_language(code) for code in languages))
+    langs = get_suite(spec.data).codes(languages, source_dir)
     if not langs:
         raise ValueError("no languages given")
     builder = _prepared(spec.builder, source_dir, tfds_dir)
@@ -246,7 +277,8 @@ def load_task(task: str, languages: Sequence[str], settings: EvalSettings = Eval
 def run_task(model, params, tokenizer, data: TaskData, settings: EvalSettings = EvalSettings(), *,
              edit=None, eos_ids: set[int] | None = None,
              progress: Callable[[int], None] | None = None) -> list[ItemResult]:
-    """Evaluate every record of ``data`` (with ``edit`` applied to routing, if given)."""
+    """Evaluate every record of ``data`` (with ``edit`` applied to routing, if given), with `task_settings`."""
+    settings = task_settings(data.task, settings)
     return get_task(data.task).evaluate(model, params, tokenizer, data, settings, batch_size=settings.batch_size,
                                         buckets=settings.buckets, max_length=settings.max_length,
                                         truncation=settings.truncation, edit=edit, eos_ids=eos_ids,

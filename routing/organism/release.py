@@ -12,13 +12,10 @@ from typing import Any
 
 from moe.atomic import check_output_folder
 from moe.export import save_hf
+from routing.data.organism import FORMAT, ORGANISM_FILE
 from routing.organism.hf_tokenizer import word_level_files
 from routing.organism.synthetic import build_from_spec, build_tokenizer, check_spec
 from routing.organism.train import TrainSettings, default_work_dir, divergence_from_base, task_accuracy, train
-
-FORMAT = "moe-routing organism/1"
-ORGANISM_FILE = "organism.json"
-
 
 def train_organism(spec: Mapping[str, Any], settings: TrainSettings, out: str | Path, *,
                    work: str | Path | None = None, overwrite: bool = False, progress: bool = True,

@@ -29,11 +29,11 @@ from moe import ModelConfig, MoeTransformer
 from moe.export import olmoe_config
 from moe.train import LossWeights, checkpoint_manager, fit, init_state, make_train_step
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
+from routing.data.organism import passage_groups
 from routing.data.tokenize import TokenBatch
 from routing.organism.synthetic import ANSWER_MARKER, Corpus, Tokenizer
 from routing.outputs.cache import default_cache_dir
 
-SENTENCES_PER_PASSAGE = 3  # as the FLORES-like passages of `routing.data.organism`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,11 +213,9 @@ def task_accuracy(model: MoeTransformer, params: Any, corpus: Corpus, tokenizer:
 
 
 def passages(corpus: Corpus, code: str) -> list[tuple[int, str]]:
-    """(passage number, text) of `code`'s parallel test sentences, `SENTENCES_PER_PASSAGE` consecutive ones
-    joined by a space (the last may be shorter), aligned across languages."""
-    examples = corpus.parallel_test[code]
-    return [(n, " ".join(e.text for e in examples[start:start + SENTENCES_PER_PASSAGE]))
-            for n, start in enumerate(range(0, len(examples), SENTENCES_PER_PASSAGE))]
+    """(passage number, text) of `code`'s parallel test passages as `routing.data.organism` builds them, aligned
+    across languages."""
+    return [(n, " ".join(e.text for e in group)) for n, group in enumerate(passage_groups(corpus.parallel_test[code]))]
 
 
 def divergence_from_base(model: MoeTransformer, params: Any, corpus: Corpus, tokenizer: Tokenizer,
@@ -229,9 +227,3 @@ def divergence_from_base(model: MoeTransformer, params: Any, corpus: Corpus, tok
                                     stats_fn=fn) for code in corpus.languages}
     base = next(iter(corpus.languages))
     return {code: [float(x) for x in curve] for code, curve in divergence_curves(routing, base).items()}
-
-
-def is_u_shaped(curve: Sequence[float]) -> bool:
-    """The minimum lies strictly inside, with both ends above it."""
-    low = int(np.argmin(curve))
-    return 0 < low < len(curve) - 1 and curve[0] > curve[low] and curve[-1] > curve[low]

@@ -1,4 +1,5 @@
-"""Routing analysis of parallel FLORES passages, language by language and resumable (scripts/analyze_routing.py).
+"""Routing analysis of parallel passages (FLORES, or the organism's: ``data``, ``routing.data.suites``), language by
+language and resumable (scripts/analyze_routing.py).
 
 `plan_analysis` checks every input before any data is prepared or weights are loaded (unknown language codes
 with close matches, missing data files, a path that is not a model, a tokenizer without a chat template,
@@ -30,8 +31,7 @@ from tqdm.auto import tqdm
 import moe
 from moe.atomic import check_output_folder
 from routing.analysis import divergence_intervals, select_middle_window, statistics_fn
-from routing.data.flores import load_passages
-from routing.data.languages import PAPER_LANGUAGES, REFERENCE, flores_languages, validate_flores_languages
+from routing.data.suites import DataSuite, get_suite
 from routing.data.tokenize import TokenBatch
 from routing.outputs.figures import NORMALISED_JSD, RAW_JSD, plot_divergence_curves, plot_expert_usage
 from routing.outputs.files import StaleResultError, write_json
@@ -49,17 +49,21 @@ FINAL_FILES = ("routing_table.json", "routing_table.csv", "middle_window.json", 
 
 @dataclasses.dataclass(frozen=True)
 class RoutingConfig:
-    """One routing analysis of FLORES passages: what to analyse and how (correlate.py takes the same options,
-    so it can reuse stored results). `languages` None: the paper's languages present in `source_dir`; the
-    reference is always included. `tokenizer` None: the model folder's. `chat_template`: Jinja text replacing
-    the tokenizer's. `window` "A:B" overrides the selected window.
+    """One routing analysis of parallel passages: what to analyse and how (correlate.py takes the same options,
+    so it can reuse stored results). `data`: the data suite (``routing.data.suites``: "real", FLORES from
+    `source_dir`, a folder laid out like shared/data; "organism", the organism folder `source_dir`, None: the
+    model's folder). `languages` None: the data's default (the paper's languages present in `source_dir`; every
+    organism language); `reference` None: the data's (eng_Latn; the organism's base), always included.
+    `tokenizer` None: the model folder's. `chat_template`: Jinja text replacing the tokenizer's. `window` "A:B"
+    overrides the selected window.
     """
 
     model: str
-    source_dir: Path
     out_dir: Path
+    source_dir: Path | None = None
+    data: str = "real"
     languages: Sequence[str] | None = None
-    reference: str = REFERENCE
+    reference: str | None = None
     tokenizer: str | None = None
     chat: bool = True
     chat_template: str | None = None
@@ -76,6 +80,9 @@ class RoutingConfig:
     tfds_dir: Path | None = None
     restart: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_dir", get_suite(self.data).data_dir(self.source_dir, self.model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +105,18 @@ class PreparedAnalysis:
     store: LanguageStore
 
 
-def choose_languages(requested: Sequence[str] | None, reference: str, source_dir: Path) -> tuple[str, ...]:
-    """The reference first, then the requested (or present paper) languages; checks codes and data files."""
-    flores = source_dir / "flores200"
-    validate_flores_languages([reference])
-    if requested is None:
-        present = set(flores_languages(flores)) if (flores / "devtest").is_dir() else set()
-        requested = [code for code in PAPER_LANGUAGES if code in present]
-        if not requested:
-            raise FileNotFoundError(f"none of the paper's languages has a devtest file in {flores / 'devtest'}")
-    chosen = (reference, *(code for code in validate_flores_languages(requested) if code != reference))
+def choose_languages(suite: DataSuite, requested: Sequence[str] | None, reference: str | None,
+                     source_dir: Path | None) -> tuple[str, ...]:
+    """The reference (None: the data's) first, then the requested (None: the data's default) languages; checks
+    codes (naming close matches) and the passage files."""
+    if requested is not None and not requested:
+        raise ValueError("no languages given")
+    reference = suite.reference(source_dir) if reference is None else suite.codes([reference], source_dir)[0]
+    requested = suite.default_languages(source_dir) if requested is None else suite.codes(requested, source_dir)
+    chosen = (reference, *(code for code in requested if code != reference))
     if len(chosen) < 2:
         raise ValueError(f"empty selection: no language besides the reference {reference}")
-    needed = [flores / "metadata_devtest.tsv", *(flores / "devtest" / f"{code}.devtest" for code in chosen)]
-    missing = [str(path) for path in needed if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"data folder {source_dir} lacks FLORES-200 files (expected a layout like "
-                                f"shared/data): {', '.join(missing)}")
+    suite.check_passages(source_dir, chosen)
     return chosen
 
 
@@ -177,7 +179,7 @@ def plan_analysis(config: AnalysisConfig) -> AnalysisPlan:
         raise ValueError(f"window fraction must be in [0, 1] and margin >= 0, got {config.window_fraction}, "
                          f"{config.window_margin}")
     check_dtype(config.dtype)
-    languages = choose_languages(config.languages, config.reference, Path(config.source_dir))
+    languages = choose_languages(get_suite(config.data), config.languages, config.reference, config.source_dir)
     check_output_folder(config.out_dir, may_exist=True)
     folder, model_config = moe.load_config(config.model)
     num_layers = model_config.num_moe_layers
@@ -204,7 +206,8 @@ def prepare(config: AnalysisConfig, plan: AnalysisPlan | None = None) -> Prepare
     passages, check stored results against them, then load the model; no results are touched."""
     plan = plan_analysis(config) if plan is None else plan
     languages = plan.languages
-    passages = load_passages(Path(config.source_dir), languages, config.tfds_dir, config.max_passages)
+    passages = get_suite(config.data).load_passages(config.source_dir, languages, config.tfds_dir,
+                                                    config.max_passages)
     empty = [code for code, rows in passages.items() if not rows]
     if empty:
         raise ValueError(f"empty selection: no passages for {', '.join(empty)}")
@@ -222,7 +225,8 @@ def analyze_languages(prepared: PreparedAnalysis) -> dict[str, CorpusRouting]:
     """Each language's summaries: loaded when stored under the same settings, else computed and stored."""
     config = prepared.config
     total = sum(key is not None for rows in prepared.batches.values() for batch in rows for key in batch.keys)
-    with tqdm(total=total, desc="FLORES routing", unit="passage", disable=not config.progress) as bar:
+    with tqdm(total=total, desc=f"{get_suite(config.data).passages_name} routing", unit="passage",
+              disable=not config.progress) as bar:
         return route_languages(prepared.model, prepared.params, prepared.batches, seed=config.seed,
                                stats_fn=statistics_fn(prepared.model, num_pairs=config.num_pairs),
                                progress=bar.update, store=prepared.store, settings=prepared.settings,
@@ -257,8 +261,8 @@ def execute(prepared: PreparedAnalysis) -> dict[str, Path]:
     write_table_csv(paths["routing_table.csv"], table, moe_layers)
     write_json(paths["middle_window.json"], window_info)
     passages = len(corpora[reference].keys)
-    caption = (f"{Path(prepared.settings[reference]['model']).name}: FLORES-200 devtest, {passages} passages in "
-               f"each of {len(corpora)} languages")
+    caption = (f"{Path(prepared.settings[reference]['model']).name}: {get_suite(config.data).passages_title}, "
+               f"{passages} passages in each of {len(corpora)} languages")
     bands = {measure: divergence_intervals(corpora, reference, normalized, seed=config.seed)
              for measure, normalized in ((NORMALISED_JSD, True), (RAW_JSD, False))}
     plot_divergence_curves({NORMALISED_JSD: curves, RAW_JSD: raw}, window, paths["divergence_by_layer.png"],

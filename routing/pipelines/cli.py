@@ -2,8 +2,9 @@
 setting's name), its default read from the settings dataclass or function the script calls, so a script's
 defaults are the library's; and a user's mistake reported as one line, ``PROG: error: MESSAGE``, exit status 2.
 
-A flag means the same everywhere: ``--data-dir`` is the source folder laid out like shared/data
-(``source_dir``), ``--tfds-dir`` the cache folder of prepared data sets, ``--chat``/``--plain`` whether prompts and
+A flag means the same everywhere: ``--data`` the data suite (``routing.data.suites``: the real data sets, or the
+model organism's), ``--data-dir`` its source folder (``source_dir``: laid out like shared/data, or the organism
+folder), ``--tfds-dir`` the cache folder of prepared data sets, ``--chat``/``--plain`` whether prompts and
 passages go through the chat template (the scripts' default), ``--no-progress`` hides progress bars.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from routing.data.suites import SUITES
 from routing.data.tokenize import TRUNCATIONS
 from routing.eval.mgsm import ANSWER_FORMATS
 from routing.eval.multiple_choice import OPTION_STYLES
@@ -67,12 +69,17 @@ class Flag:
 
 FLAGS: dict[str, Flag] = {
     "model": Flag("--model", "HF checkpoint folder, converted folder or hub id"),
+    "data": Flag("--data", "the data: real (FLORES-200, BELEBELE, ... from --data-dir) or organism (the model "
+                 "organism's, from --data-dir: its folder, default the --model folder)",
+                 dict(choices=tuple(SUITES))),
     "source_dir": Flag("--data-dir", "folder laid out like shared/data", dict(type=Path)),
     "tfds_dir": Flag("--tfds-dir", "cache folder of prepared data sets (default: $MOE_TFDS_DIR, else tfds in the user "
                      "cache folder, ~/.cache/moe-routing/tfds)", dict(type=Path)),
     "out_dir": Flag("--out", "output folder", dict(type=Path)),
-    "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes", dict(type=_codes)),
-    "reference": Flag("--reference", "reference language"),
+    "languages": Flag("--langs", "comma-separated languages, FLORES-200 or short codes (the organism's own codes "
+                      "with --data organism)", dict(type=_codes)),
+    "reference": Flag("--reference", "reference language (default: eng_Latn; the organism's base with --data "
+                      "organism)"),
     "tokenizer": Flag("--tokenizer", "tokenizer.json file or folder (default: the model folder)"),
     "chat_template": Flag("--chat-template", "Jinja chat template file replacing the tokenizer's",
                           dict(type=Path), load=_read_text),

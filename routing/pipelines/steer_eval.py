@@ -25,6 +25,9 @@ shape, empty sets, languages) before any weights are loaded or data is read.
 - ``correlation.json`` and ``correlation.png``: middle-layer divergence vs baseline accuracy across the
   evaluated languages other than English (Pearson and Spearman with p-values and bootstrap intervals;
   when there are at least three and it is not turned off).
+
+The task decides the data (``routing.data.suites``): for the organism's task, languages are its codes, the
+reference is its base, divergence is measured on its passages, and ``source_dir`` is the organism folder.
 """
 from __future__ import annotations
 
@@ -41,10 +44,9 @@ from moe import load_config
 from moe.atomic import atomic_path, check_output_folder
 from routing import steering
 from routing.analysis import divergence_curves
-from routing.data.flores import load_passages
-from routing.data.languages import REFERENCE, flores_language, flores_languages, validate_flores_languages
+from routing.data.suites import get_suite
 from routing.eval.results import ALL, ItemResult, accuracy_table, paired_table
-from routing.eval.tasks import EvalSettings, TaskData, get_task, load_task, run_task
+from routing.eval.tasks import EvalSettings, TaskData, get_task, load_task, run_task, task_settings
 from routing.experts import random_experts, select_experts
 from routing.outputs.figures import NORMALISED_JSD, plot_correlation, plot_steering
 from routing.outputs.files import write_csv, write_json
@@ -134,14 +136,15 @@ def _pairs_for(experts: ExpertSets | list[Pair], settings: SteerSettings, langua
 
 def plan_steering(experts: ExpertSets | list[Pair], settings: SteerSettings, languages: Sequence[str],
                   num_moe_layers: int, num_experts: int) -> dict[str, SteeringPlan]:
-    """The steering plan of every language; ValueError for anything that does not fit the model."""
+    """The steering plan of every language (codes as the task's data writes them); ValueError for anything that
+    does not fit the model."""
     settings.window.check(num_moe_layers)
     if isinstance(experts, ExpertSets) and (experts.num_moe_layers, experts.num_experts) != (num_moe_layers,
                                                                                             num_experts):
         raise ValueError(f"the expert file was made for {experts.num_moe_layers} MoE layers x "
                          f"{experts.num_experts} experts; this model has {num_moe_layers} x {num_experts}")
     plans = {}
-    for language in (flores_language(code) for code in languages):
+    for language in languages:
         pairs, layers = _pairs_for(experts, settings, language, num_moe_layers, num_experts)
         mask = steering.selection_mask(num_moe_layers, num_experts, pairs, layers)  # raises on bad ids
         kept = [(int(a), int(b)) for a, b in np.argwhere(mask)]
@@ -185,9 +188,10 @@ def run_baseline(loaded: LoadedModel, data: TaskData, eval_settings: EvalSetting
 class SteerEvalConfig:
     """One steer_eval run. ``window`` "A:B" (MoE layers, 0-indexed, inclusive) or None: the expert file's.
 
-    ``source_dir``: data laid out like shared/data; ``tfds_dir``: TFDS prepared files. ``divergence``: an
-    analyze_routing table (JSON or CSV) for the correlation, else it is computed on FLORES passages
-    (``max_passages`` per language) unless ``correlation`` is False.
+    ``source_dir``: data laid out like shared/data (the organism folder for the organism's task, None: the
+    model's folder); ``tfds_dir``: TFDS prepared files. ``divergence``: an analyze_routing table (JSON or CSV) for
+    the correlation, else it is computed on the task data's passages (FLORES; ``max_passages`` per language)
+    unless ``correlation`` is False.
     """
 
     model: str
@@ -213,10 +217,15 @@ class SteerEvalConfig:
     max_passages: int | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        suite = get_suite(get_task(self.task).data)
+        object.__setattr__(self, "source_dir", suite.data_dir(self.source_dir, self.model))
+
 
 @dataclasses.dataclass
 class PreparedSteerEval:
     config: SteerEvalConfig
+    reference: str  # the language divergence is measured from
     steer: SteerSettings
     plans: dict[str, SteeringPlan]
     data: TaskData
@@ -239,34 +248,36 @@ def prepare(config: SteerEvalConfig, loaded: LoadedModel | None = None) -> Prepa
     check_output_folder(config.out_dir, may_exist=True)
     if config.n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {config.n_boot}")
-    languages = tuple(dict.fromkeys(flores_language(code) for code in config.languages))
-    if not languages:
+    if not config.languages:
         raise ValueError("no languages given")
+    suite = get_suite(get_task(config.task).data)
+    languages, reference = suite.codes(config.languages, config.source_dir), suite.reference(config.source_dir)
     folder, model_config = load_config(config.model) if loaded is None else (loaded.folder, loaded.config)
     experts = read_experts(config.experts)
     window = _window(config, experts, model_config.num_moe_layers)
     steer = SteerSettings(window=window, mode=config.mode, lam=config.lam, eps=config.eps, eps_std=config.eps_std,
                           control=config.control, seed=config.seed)
     plans = plan_steering(experts, steer, languages, model_config.num_moe_layers, model_config.num_experts)
-    others = [lang for lang in languages if lang != REFERENCE]
-    if config.correlation and config.divergence is None and len(others) >= 3 and config.source_dir is not None:
-        # the correlation reads these languages' FLORES passages after both runs: check the files now
-        validate_flores_languages([REFERENCE, *others], flores_languages(Path(config.source_dir) / "flores200"))
+    others = [lang for lang in languages if lang != reference]
+    if config.correlation and config.divergence is None and len(others) >= 3:
+        # the correlation reads these languages' passages after both runs: check the files now
+        suite.check_passages(config.source_dir, [reference, *others])
     curves = None
     if config.correlation and config.divergence is not None:
         curves = read_divergence_table(config.divergence)
-        missing = [lang for lang in languages if lang != REFERENCE and lang not in curves]
+        missing = [lang for lang in languages if lang != reference and lang not in curves]
         if missing:
             raise ValueError(f"{config.divergence} has no divergence curve for {missing}")
         for lang, curve in curves.items():
             window.check(len(curve), f"the {len(curve)}-layer curve of {lang} in {config.divergence}")
     tokenizer = loaded.tokenizer if loaded is not None else load_tokenizer_for(folder, config.tokenizer, model_config)
     check_chat_template(tokenizer, config.eval.chat, config.eval.chat_template)
-    config = dataclasses.replace(config, eval=config.eval.resolved(tokenizer))  # results record the answer format
+    # results record the answer format and the prompt template used
+    config = dataclasses.replace(config, eval=task_settings(config.task, config.eval.resolved(tokenizer)))
     data = load_task(config.task, languages, config.eval, source_dir=config.source_dir, tfds_dir=config.tfds_dir)
     if loaded is None:
         loaded = load_model(folder, tokenizer, config.dtype)
-    return PreparedSteerEval(config, steer, plans, data, loaded, curves)
+    return PreparedSteerEval(config, reference, steer, plans, data, loaded, curves)
 
 
 def _jsonable(value: Any) -> Any:
@@ -291,34 +302,37 @@ def _write_items(path: Path, base: list[ItemResult], steer: list[ItemResult]) ->
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def compute_divergence(loaded: LoadedModel, languages: Sequence[str], config: SteerEvalConfig) -> dict[str, np.ndarray]:
-    """Divergence curves from English of ``languages`` on FLORES passages, measured as analyze_routing does
-    (``max_passages`` per language, prompts as the evaluation renders them)."""
-    codes = (REFERENCE, *(lang for lang in dict.fromkeys(languages) if lang != REFERENCE))
-    passages = load_passages(config.source_dir, codes, config.tfds_dir, config.max_passages)
+def compute_divergence(loaded: LoadedModel, languages: Sequence[str], reference: str, config: SteerEvalConfig
+                       ) -> dict[str, np.ndarray]:
+    """Divergence curves from ``reference`` of ``languages`` on the task data's passages (FLORES), measured as
+    analyze_routing does (``max_passages`` per language, prompts as the evaluation renders them)."""
+    suite = get_suite(get_task(config.task).data)
+    codes = (reference, *(lang for lang in dict.fromkeys(languages) if lang != reference))
+    passages = suite.load_passages(config.source_dir, codes, config.tfds_dir, config.max_passages)
     settings = config.eval
     batches = passage_batches(loaded.tokenizer, passages, chat=settings.chat, chat_template=settings.chat_template,
                               chat_variables=settings.chat_variables, batch_size=settings.batch_size,
                               max_length=settings.max_length, truncation="keep_start")
     total = sum(len(rows) for rows in passages.values())
-    with tqdm(total=total, desc="FLORES routing", unit="passage", disable=not config.progress) as bar:
+    with tqdm(total=total, desc=f"{suite.passages_name} routing", unit="passage", disable=not config.progress) as bar:
         corpora = route_languages(loaded.model, loaded.params, batches, seed=config.seed,
                                   stats_fn=routing_statistics(loaded.model), progress=bar.update)
-    return divergence_curves(corpora, REFERENCE)
+    return divergence_curves(corpora, reference)
 
 
 def _correlation(prepared: PreparedSteerEval, base: list[ItemResult], out: Path) -> dict[str, Any]:
     """Correlation files, or the reason they were skipped."""
-    config = prepared.config
-    others = [lang for lang in prepared.data.languages if lang != REFERENCE]
+    config, reference = prepared.config, prepared.reference
+    others = [lang for lang in prepared.data.languages if lang != reference]
     if not config.correlation:
         return {"skipped": "turned off"}
     if len(others) < 3:
-        return {"skipped": f"needs >= 3 evaluated languages besides {REFERENCE}, got {others}"}
+        return {"skipped": f"needs >= 3 evaluated languages besides {reference}, got {others}"}
     curves = prepared.divergence_curves
-    source = str(config.divergence) if curves is not None else "computed on FLORES passages"
+    passages = get_suite(get_task(config.task).data).passages_name
+    source = str(config.divergence) if curves is not None else f"computed on {passages} passages"
     if curves is None:
-        curves = compute_divergence(prepared.loaded, others, config)
+        curves = compute_divergence(prepared.loaded, others, reference, config)
     rows = {row["language"]: row for row in accuracy_table(base) if row["language"] != ALL}
     accuracy = {lang: row["accuracy"] for lang, row in rows.items()}
     window = prepared.steer.window
@@ -327,7 +341,7 @@ def _correlation(prepared: PreparedSteerEval, base: list[ItemResult], out: Path)
               "window": list(window), "divergence_source": source, "accuracy_source": "baseline run"}
     write_json(out / "correlation.json", result)
     plot_correlation(result["divergence"], result["accuracy"], result, out / "correlation.png",
-                     xlabel=f"mean {NORMALISED_JSD} from {REFERENCE},\nMoE layers {window.first}-{window.last}",
+                     xlabel=f"mean {NORMALISED_JSD} from {reference},\nMoE layers {window.first}-{window.last}",
                      ylabel=f"{config.task} accuracy (baseline)",
                      caption=f"{Path(prepared.loaded.folder).name}: {config.task}, {min(r['n'] for r in rows.values())}"
                              f" items per language",

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from routing.analysis import divergence_curves, divergence_intervals
+from routing.analysis import divergence_curves, divergence_intervals, sequence_divergences
+from routing.divergence import entropy_normalized_jsd
 from routing.stats import CorpusRouting
 
 
@@ -27,3 +28,13 @@ def test_intervals_bracket_the_curves_and_vanish_for_identical_routing():
         assert np.all(width < curves["other"])  # 30 sequences: a narrow interval around a mean far from 0
     with pytest.raises(KeyError, match="reference language"):
         divergence_intervals(corpora, "deu")
+
+
+def test_sequence_divergences_are_the_terms_of_the_curve_aligned_by_key():
+    rng = np.random.default_rng(1)
+    ref, other = rng.dirichlet(np.ones(8), (3, 20)), rng.dirichlet(np.ones(8), (3, 20))
+    corpora = {"eng": corpus(ref, list(range(20))), "x": corpus(other[:, ::-1], list(range(20))[::-1])}
+    terms = sequence_divergences(corpora, "eng")["x"]
+    assert terms.shape == (3, 20)
+    np.testing.assert_allclose(terms.mean(1), divergence_curves(corpora, "eng")["x"], rtol=1e-6)
+    np.testing.assert_allclose(terms[:, 5], np.asarray(entropy_normalized_jsd(ref[:, 5], other[:, 5])), rtol=1e-6)

@@ -18,10 +18,13 @@ def data(shared_data, tmp_path_factory):
 
 
 def test_registry():
-    assert list(TASKS) == ["mgsm", "belebele", "medical"] and EXPERT_TASKS == ("mgsm", "medical")
+    assert list(TASKS) == ["mgsm", "belebele", "medical", "organism"]
+    assert EXPERT_TASKS == ("mgsm", "medical", "organism")
     assert all(issubclass(task.builder, SourceBuilder) and task.split == "test" for task in TASKS.values())
     assert TASKS["mgsm"].evaluate is tasks.generation and TASKS["medical"].evaluate is tasks.multiple_choice
-    with pytest.raises(ValueError, match=r"unknown task 'poetry'; choose one of \('mgsm', 'belebele', 'medical'\)"):
+    assert TASKS["organism"].evaluate is tasks.generation and TASKS["organism"].data == "organism"
+    with pytest.raises(ValueError, match=r"unknown task 'poetry'; choose one of \('mgsm', 'belebele', 'medical', "
+                                         r"'organism'\)"):
         get_task("poetry")
 
 

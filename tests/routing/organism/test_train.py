@@ -7,7 +7,7 @@ import pytest
 
 import routing.organism.train as organism_train
 from routing.organism.synthetic import ANSWER_MARKER, build_from_spec, build_tokenizer, default_spec
-from routing.organism.train import (TrainSettings, is_u_shaped, pack_rows, passages, task_accuracy,
+from routing.organism.train import (TrainSettings, pack_rows, passages, task_accuracy,
                                     training_documents, training_rows, train)
 
 TINY = TrainSettings(seed=3, steps=4, warmup_steps=1, batch_size=4, seq_len=64, num_layers=2, hidden_size=16,
@@ -108,14 +108,12 @@ def test_task_accuracy_is_the_greedy_next_token(data):
         assert accuracy[code] == {"accuracy": correct / len(examples), "n": len(examples)}
 
 
-def test_passages_and_u_shape(data):
+def test_passages(data):
     corpus, _ = data
     got = passages(corpus, "sov")
     assert [n for n, _ in got] == [0, 1, 2]
     assert got[2][1] == corpus.parallel_test["sov"][6].text
     assert got[0][1] == " ".join(e.text for e in corpus.parallel_test["sov"][:3])
-    assert is_u_shaped([0.5, 0.2, 0.3]) and is_u_shaped([0.5, 0.2, 0.2, 0.3])
-    assert not is_u_shaped([0.1, 0.2, 0.3]) and not is_u_shaped([0.5, 0.4, 0.3]) and not is_u_shaped([0.2, 0.2, 0.3])
 
 
 @pytest.mark.parametrize("field, value, message", [

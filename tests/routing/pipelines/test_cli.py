@@ -70,7 +70,7 @@ def test_required_flags_and_files_read_after_parsing(tmp_path, capsys):
     assert len(error.strip().splitlines()) == 1
 
 
-CHOICE_FLAGS = ("--task", "--mode", "--control", "--dtype", "--answer-format", "--truncate", "--options",
+CHOICE_FLAGS = ("--data", "--task", "--mode", "--control", "--dtype", "--answer-format", "--truncate", "--options",
                 "--shot-source")
 
 
@@ -83,7 +83,9 @@ def test_flags_with_fixed_values_take_the_same_choices_in_every_script():
             for option in set(action.option_strings) & set(declared):
                 seen.add(option)
                 if (name, option) == ("find_experts", "--task"):  # the tasks that have expert data
-                    assert tuple(action.choices) == ("mgsm", "medical")
+                    assert tuple(action.choices) == ("mgsm", "medical", "organism")
+                elif (name, option) == ("correlate", "--task"):  # the data suites' correlation tasks
+                    assert tuple(action.choices) == ("belebele", "organism")
                 else:
                     assert tuple(action.choices) == declared[option], (name, option)
     assert seen == set(declared)
