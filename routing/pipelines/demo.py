@@ -418,12 +418,13 @@ def seeds_table(summaries: Sequence[Mapping[str, Any]]) -> str:
         e = st["effect"]
         ft = s["finetune"]
         finetune = "not run" if ft is None else (
-            f"{ft['verdict']}: {_points(ft['routing_aware_versus_plain'])}")
+            f"{ft['verdict']} ({ft['routing_aware_versus_plain']['verdict']}): "
+            f"{_points(ft['routing_aware_versus_plain'])}")
         lines.append(
             f"| {((s.get('organism') or {}).get('training') or {}).get('seed', '?')} | {100 * accuracy[s['languages'][0]]:.1f}% | "
             f"{100 * sum(others) / len(others):.1f}% | {u['verdict']}: {u['u_shaped']}/{u['languages']} languages | "
             f"{r['verdict']}: r = {_f(r['pearson_r'])} [{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], "
-            f"p = {_p(r['pearson_p'])} | {st['verdict']}: {_points(e)} | {finetune} |")
+            f"p = {_p(r['pearson_p'])} | {st['verdict']} ({e['verdict']}): {_points(e)} | {finetune} |")
     return "\n".join(lines) + "\n"
 
 

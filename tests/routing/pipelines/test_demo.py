@@ -76,7 +76,8 @@ def test_demo_refuses_bad_settings_and_folders_before_any_work(organism, tmp_pat
 
 
 def test_seeds_table_reads_reports_and_refuses_other_folders(tmp_path, capsys):
-    effect = {"difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05, "p": 0.2}
+    effect = {"difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05, "p": 0.2,
+              "verdict": "no change shown"}
     summary = {"report": demo.REPORT, "languages": ["base", "x", "y"], "baseline_accuracy": {"base": 0.9, "x": 0.5,
                                                                                              "y": 0.3},
                "organism": {"training": {"seed": 7}}, "finetune": None,
@@ -89,7 +90,7 @@ def test_seeds_table_reads_reports_and_refuses_other_folders(tmp_path, capsys):
     assert script("demo")(["--table", str(tmp_path / "r")]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| 7 | 90.0% | 40.0% | shown: 2/2 languages | not shown: r = n/a [n/a, n/a], p = n/a |")
-    assert "+2.0 pts [-1.0, +5.0], p = 0.2" in row and row.endswith("| not run |")
+    assert "| not shown (no change shown): +2.0 pts [-1.0, +5.0], p = 0.2 |" in row and row.endswith("| not run |")
     with pytest.raises(SystemExit):
         script("demo")(["--table", str(tmp_path)])
     assert "is not a demo report" in capsys.readouterr().err
