@@ -91,7 +91,8 @@ class DemoSettings:
         if (self.tau is None) == (self.top_n is None):
             raise ValueError("give exactly one of tau and top_n (the task-expert rule)")
         if self.n_boot < 100:
-            raise ValueError(f"n_boot must be >= 100 (bootstrap p-values are at least 1 / (n_boot + 1)), got {self.n_boot}")
+            raise ValueError(f"n_boot must be >= 100 (bootstrap p-values are at least 1 / (n_boot + 1)), got "
+                             f"{self.n_boot}")
         for name in ("batch_size", "expert_samples", "finetune_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -263,9 +264,8 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
     lap("correlation")
 
     expert_settings = ExpertSettings(task=TASK, window=window, tau=settings.tau, top_n=settings.top_n,
-                                     num_samples=settings.expert_samples,
-                                     seed=settings.seed, batch_size=settings.batch_size, max_length=256,
-                                     max_passages=settings.max_passages)
+                                     num_samples=settings.expert_samples, seed=settings.seed,
+                                     batch_size=settings.batch_size, max_length=256, max_passages=settings.max_passages)
     experts, _ = run_expert_search(model, expert_settings, build / "experts", source_dir=folder,
                                    tfds_dir=settings.tfds_dir, loaded=loaded, progress=progress)
     lap("task experts")
@@ -274,9 +274,8 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
     for name, options in conditions(settings).items():
         config = steer_eval.SteerEvalConfig(
             model=model, task=TASK, experts=build / "experts" / "experts.json", out_dir=build / "steering" / name,
-            languages=analysis.languages, eval=evals, source_dir=folder, tfds_dir=settings.tfds_dir, correlation=False,
-            seed=settings.seed,
-            n_boot=settings.n_boot, progress=progress, **options)
+            languages=analysis.languages, eval=evals, source_dir=folder, tfds_dir=settings.tfds_dir,
+            correlation=False, seed=settings.seed, n_boot=settings.n_boot, progress=progress, **options)
         steered[name] = steer_eval.execute(steer_eval.prepare(config, loaded), baseline=baseline)["steered"]
     primary = f"soft_{settings.primary_lam:g}"
     others = [lang for lang in analysis.languages if lang != base]
@@ -309,8 +308,8 @@ def _run(build: Path, settings: DemoSettings, record: Mapping[str, Any], progres
                "items_per_language": len(baseline) // len(analysis.languages), "window": list(window),
                "claims": {"u_shape": u_claim, "correlation": r_claim, "steering": s_claim},
                "steering": effects, "finetune": finetuned, "seconds": timings,
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}, "organism": {k: record.get(k) for k in ("training",
-                                                                                                  "metrics")}}
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+               "organism": {k: record.get(k) for k in ("training", "metrics")}}
     write_json(build / "summary.json", summary)
     with atomic_path(build / "summary.md") as temp:
         temp.write_text(summary_markdown(summary, baseline, steered), encoding="utf-8")
@@ -421,7 +420,8 @@ def seeds_table(summaries: Sequence[Mapping[str, Any]]) -> str:
             f"{ft['verdict']} ({ft['routing_aware_versus_plain']['verdict']}): "
             f"{_points(ft['routing_aware_versus_plain'])}")
         lines.append(
-            f"| {((s.get('organism') or {}).get('training') or {}).get('seed', '?')} | {100 * accuracy[s['languages'][0]]:.1f}% | "
+            f"| {((s.get('organism') or {}).get('training') or {}).get('seed', '?')} | "
+            f"{100 * accuracy[s['languages'][0]]:.1f}% | "
             f"{100 * sum(others) / len(others):.1f}% | {u['verdict']}: {u['u_shaped']}/{u['languages']} languages | "
             f"{r['verdict']}: r = {_f(r['pearson_r'])} [{_f(r['pearson_ci'][0])}, {_f(r['pearson_ci'][1])}], "
             f"p = {_p(r['pearson_p'])} | {st['verdict']} ({e['verdict']}): {_points(e)} | {finetune} |")
