@@ -1,2 +1,3 @@
-"""The built-in model organism: a tiny MoE trained on a synthetic parallel corpus (``model``, the corpus and
-its languages in ``synthetic``), and the demo that runs the method on it (``demo``)."""
+"""The built-in model organism: its synthetic parallel corpus and languages (``synthetic``), training
+(``train``), release as an HF folder (``release``, shipped in ``moe/organism/``) and its word-level HF tokenizer
+(``hf_tokenizer``). The demo that runs the paper's method on it is ``routing.pipelines.demo``."""
