@@ -130,13 +130,13 @@ def bucket_batches(
     batches = []
     for length, rows in grouped.items():
         for start in range(0, len(rows), batch_size):
-            batches.append(_pad(rows[start:start + batch_size], batch_size, length, pad_id, padding_side))
+            batches.append(pad_rows(rows[start:start + batch_size], batch_size, length, pad_id, padding_side))
     return batches
 
 
-def _pad(rows: Sequence[tuple[Sequence[int], Hashable]], batch_size: int, length: int, pad_id: int,
-         padding_side: PaddingSide) -> TokenBatch:
-    """One [batch_size, length] batch from up to ``batch_size`` rows, filler rows last."""
+def pad_rows(rows: Sequence[tuple[Sequence[int], Hashable]], batch_size: int, length: int, pad_id: int,
+             padding_side: PaddingSide = "left") -> TokenBatch:
+    """One [batch_size, length] batch from up to ``batch_size`` (ids, key) rows, filler rows (key None) last."""
     input_ids = np.full((batch_size, length), pad_id, dtype=np.int32)
     mask = np.zeros((batch_size, length), dtype=np.int32)
     for row, (ids, _) in enumerate(rows):

@@ -30,7 +30,7 @@ from moe.export import olmoe_config
 from moe.train import LossWeights, checkpoint_manager, fit, init_state, make_train_step
 from routing.analysis import analyze_corpus, divergence_curves, statistics_fn
 from routing.data.organism import passage_groups
-from routing.data.tokenize import TokenBatch
+from routing.data.tokenize import TokenBatch, pad_rows
 from routing.organism.synthetic import ANSWER_MARKER, Corpus, Tokenizer
 from routing.outputs.cache import default_cache_dir
 
@@ -179,14 +179,8 @@ def left_padded(tokenizer: Tokenizer, items: Sequence[tuple[Any, str]], batch_si
     batch is filled with empty rows (key None)."""
     batches = []
     for start in range(0, len(items), batch_size):
-        chunk = list(items[start:start + batch_size])
-        rows = [tokenizer.encode(text, bos=True) for _, text in chunk]
-        ids = np.full((batch_size, max(map(len, rows))), tokenizer.pad_id, np.int32)
-        mask = np.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, ids.shape[1] - len(row):], mask[r, ids.shape[1] - len(row):] = row, 1
-        keys = tuple(k for k, _ in chunk) + (None,) * (batch_size - len(chunk))
-        batches.append(TokenBatch(ids, mask, keys))
+        rows = [(tokenizer.encode(text, bos=True), key) for key, text in items[start:start + batch_size]]
+        batches.append(pad_rows(rows, batch_size, max(len(ids) for ids, _ in rows), tokenizer.pad_id))
     return batches
 
 

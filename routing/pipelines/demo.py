@@ -38,6 +38,7 @@ from moe.builtin import builtin_path
 from routing import claims, steering
 from routing.analysis import divergence_curves, select_middle_window, sequence_divergences, statistics_fn
 from routing.data.organism import organism_folder, read_organism
+from routing.data.tokenize import pad_rows
 from routing.eval.results import ItemResult, paired_table
 from routing.eval.tasks import EvalSettings, load_task, run_task
 from routing.finetune import FinetuneSettings, finetune
@@ -199,12 +200,9 @@ def pair_batches(tokenizer, spec: Mapping[str, Any], languages: Sequence[str], b
 
     def batch_at(step: int) -> dict[str, Any]:
         chosen = [pool[j] for j in np.random.default_rng([seed, step]).choice(len(pool), pairs, replace=False)]
-        rows = [encoded[(base, i)] for _, i in chosen] + [encoded[key] for key in chosen]
-        ids = np.full((len(rows), width), pad, np.int32)
-        mask = np.zeros((len(rows), width), np.int32)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row):], mask[r, width - len(row):] = row, 1
-        return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+        rows = [(encoded[(base, i)], None) for _, i in chosen] + [(encoded[key], None) for key in chosen]
+        batch = pad_rows(rows, len(rows), width, pad)
+        return {"input_ids": jnp.asarray(batch.input_ids), "attention_mask": jnp.asarray(batch.attention_mask),
                 "alignment_weight": jnp.float32(weight)}
 
     return batch_at
