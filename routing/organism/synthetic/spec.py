@@ -22,7 +22,7 @@ LANGUAGE_KEYS = ("code", "order", "adposition", "adjective", "shared", "parallel
 
 
 def _language(code: str, order: str = "SVO", adposition: str = "pre", adjective: str = "pre", shared: float = 0.0,
-              parallel_train: int = 3000, task_train: int = 0, bitext_train: int = 1000) -> dict[str, Any]:
+              parallel_train: int = 3000, task_train: int = 100, bitext_train: int = 1000) -> dict[str, Any]:
     return {"code": code, "order": order, "adposition": adposition, "adjective": adjective, "shared": shared,
             "parallel_train": parallel_train, "task_train": task_train, "bitext_train": bitext_train}
 

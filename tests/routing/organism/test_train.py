@@ -7,7 +7,7 @@ import pytest
 
 import routing.organism.train as organism_train
 from routing.organism.synthetic import ANSWER_MARKER, build_from_spec, build_tokenizer, default_spec
-from routing.organism.train import (TrainSettings, pack_rows, passages, task_accuracy,
+from routing.organism.train import (TrainSettings, init_params, new_model, pack_rows, passages, task_accuracy,
                                     training_documents, training_rows, train)
 
 TINY = TrainSettings(seed=3, steps=4, warmup_steps=1, batch_size=4, seq_len=64, num_layers=2, hidden_size=16,
@@ -119,7 +119,21 @@ def test_passages(data):
 @pytest.mark.parametrize("field, value, message", [
     ("steps", 0, "steps must be >= 1"), ("warmup_steps", 4, "warmup_steps < steps"),
     ("top_k", 5, "exceeds num_experts"), ("hidden_size", 15, "not a multiple"), ("learning_rate", 0.0, "> 0"),
+    ("router_init_std", 0.0, "router_init_std must be > 0"),
 ])
 def test_bad_settings_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainSettings(**{**TINY.__dict__, field: value})
+
+
+def test_routers_start_at_their_own_scale():
+    settings = TrainSettings(**{**TINY.__dict__, "hidden_size": 64, "num_heads": 4, "num_experts": 16,
+                                "router_init_std": 0.5})
+    model = new_model(settings.model_config(50))
+    params = init_params(model, settings)
+    kernel = np.asarray(params["stack_0"]["moe"]["router"]["proj"]["kernel"])  # [layers, hidden, experts]
+    assert kernel.shape == (2, 64, 16) and abs(kernel.std() - 0.5) < 0.03  # 2048 draws: std error 0.008
+    assert abs(kernel[0].std() - 0.5) < 0.05 and not np.allclose(kernel[0], kernel[1])  # each layer its own draw
+    assert abs(np.asarray(params["embed"]).std() - 0.02) < 0.002  # everything else as initialised
+    again = init_params(model, settings)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)))
