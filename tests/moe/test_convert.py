@@ -12,6 +12,7 @@ import moe
 from moe.checkpoint_files import CheckpointError
 from moe.families import UnsupportedConfigError
 from tests.helpers.hf_reference import padded_batch, tiny_model
+from tests.helpers.scripts import script
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -180,8 +181,7 @@ def test_killed_conversion_leaves_its_folder_only_until_the_next_run(hf_dir, tmp
     np.testing.assert_array_equal(_logits(out), _logits(hf_dir))
 
 
-@pytest.mark.slow
-def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path):
+def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(hf_dir, src)
     stamps = {p.name: p.stat().st_mtime_ns for p in src.iterdir()}
@@ -193,10 +193,12 @@ def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path):
              ((src, a_file, "--overwrite"), f"{a_file} is a file, not a folder"),
              ((src, a_file / "out"), f"cannot create {a_file / 'out'}"),
              ((tmp_path / "missing", tmp_path / "out"), "no such model folder")]
-    for args, message in cases:
-        code, err = _script(*args)
-        assert code == 2 and message in err and "Traceback" not in err, err
-        assert err.count("\n") == 1 and err.startswith("convert.py: error: ")
+    for args, message in cases:  # in-process (the kill tests run the script as a process)
+        with pytest.raises(SystemExit) as exit_info:
+            script("convert")(list(map(str, args)))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and ": error: " in err
     assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == stamps and a_file.read_text() == "keep me"
 
 
