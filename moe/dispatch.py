@@ -7,21 +7,24 @@ weights straight out of the stack, so no per-layer copy of the experts is made (
 layer out first). Implementations:
 - "blocked": sort assignments by expert; `lax.scan` over the experts, each reading its weights once and
   running its rows through in blocks of `block_rows(...)` rows (empty experts and blocks are skipped with
-  `lax.cond`). Fast on CPU.
+  `lax.cond`). Fast on CPU for inference; its backward is slow (below).
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows.
 - "megablox": the Pallas TPU grouped matmul `jax.experimental.pallas.ops.tpu.megablox.gmm` (MaxText's default
   for dropless MoE on TPU) over the same rows; `interpret=True` runs it anywhere (slowly), for tests.
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
 "auto" and "auto-train" (for a step that is differentiated; `moe.train.make_train_step` asks for it) pick by
-backend and, on CPU, by what the dispatch must do, as `choose` states:
-- CPU: "blocked" for inference; "dense" for training, unless dense's intermediates would exceed
-  DENSE_TRAINING_MAX_ELEMENTS, then "blocked". Measured with `scripts/benchmark.py --dispatch-sweep` (README,
-  "Benchmark"; 2-core CPU, jax 0.10.2, 2026-12-05, under load) on T in {64, 512, 2048, 16384} tokens,
-  (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in {(64, 64), (2048, 768)}: blocked's forward took 0.09-0.68x
-  dense's time on every shape measured, and its forward+backward 2.4-19x dense's (over 25x where only one call
-  was timed). Blocked's backward grows faster than its work: at E=8, D=F=64, 8x the tokens (2048 -> 16384)
-  took 34x the time (0.2 -> 7 s), the gradients w.r.t. x and w.r.t. the experts alike (likely the scans'
-  reverse pass carrying whole [T k, D] buffers through every expert and block).
+backend and, on CPU, by what the step does (`choose`):
+- CPU: "blocked" for inference; "dense" for training, unless dense's intermediates (T x E x (3F + D)
+  elements) would pass DENSE_TRAINING_MAX_ELEMENTS, then "blocked". Measured with
+  `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; 2-core CPU under load, jax 0.10.2,
+  2026-12-05) on T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
+  {(64, 64), (2048, 768)}, float32: blocked's forward took 0.10-0.74x dense's time on all 21 shapes timed;
+  its forward+backward took 2.2-24x dense's on the 12 shapes timed, and on 6 more, timed by first call only
+  (compilation included), dense took 3-17 s and blocked 18 s once, past 60 s twice and out of 8 GiB three
+  times. Blocked's backward grows faster than its work: at
+  E=8, D=F=64, 8x the tokens (2048 -> 16384) took 58x the time (0.15 -> 8.4 s), with the gradient w.r.t. x
+  as slow as the one w.r.t. the experts (likely the scans' reverse pass carrying whole [T k, D] buffers
+  through every expert and block). Dense's backward is plain batched matmuls.
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -271,7 +272,8 @@ def block_sweep(spec: dict, tokens: int, reps: int, blocks=(16, 32, 64, 128)) ->
 SWEEP_TOKENS = (64, 512, 2048, 16384)
 SWEEP_ROUTING = ((8, 2), (64, 8), (128, 8))
 SWEEP_SIZES = ((64, 64), (2048, 768))
-SWEEP_MEMORY_BYTES = 4 * 2**30
+SWEEP_MEMORY_BYTES = 4 * 2**30  # dense intermediates (estimated) beyond which a shape is skipped
+SWEEP_PROCESS_BYTES = 8 * 2**30  # each shape's process is limited to this much data (RLIMIT_DATA)
 
 
 def dense_cost(tokens: int, experts: int, hidden: int, expert_size: int, training: bool) -> tuple[float, float]:
@@ -301,46 +303,81 @@ def paired_times(fns: dict[str, Callable[[], Any]], reps: int, min_seconds: floa
     return times
 
 
-def dispatch_sweep(reps: int, flops_per_s: float, limit_s: float) -> list[dict]:
-    """Dense vs blocked `expert_ffn` on the grid SWEEP_TOKENS x SWEEP_ROUTING x SWEEP_SIZES, forward alone and
-    forward+backward (the gradient of the output's sum w.r.t. x and the expert params), timed interleaved.
-    A shape is skipped where the dense call would take over `limit_s` seconds at `flops_per_s`, or its
-    intermediates would need over SWEEP_MEMORY_BYTES; where either path's first call (compilation included)
-    takes over `limit_s`, only those first calls are reported."""
+def _time_shape(send, shape: dict, reps: int, limit_s: float, memory_bytes: int) -> None:
+    """In a process of its own, limited to `memory_bytes` of data: dense and blocked `expert_ffn` on one shape
+    of the sweep. Sends ("first", mode, seconds) after each path's first call (compilation included), then
+    ("times", {mode: seconds per call}) from `paired_times`, unless a first call took over `limit_s`."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
     from moe.dispatch import expert_ffn
     from moe.model import swiglu
+    x, weights, index, p = layer_inputs(shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"],
+                                        shape["expert_size"])
+    fns = {}
+    for mode in ("dense", "blocked"):
+        def loss(x, p, weights, index, mode=mode):  # all arguments: XLA must not fold the routing in
+            return jnp.sum(expert_ffn(x, weights, index, p, swiglu, mode))
+        fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if shape["training"] else loss)
+        fns[mode] = lambda fn=fn: jax.block_until_ready(fn(x, p, weights, index))
+    for mode, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        send.send(("first", mode, time.perf_counter() - start))
+        if time.perf_counter() - start > limit_s:
+            return
+    send.send(("times", paired_times(fns, reps)))
+
+
+def time_shape(shape: dict, reps: int, limit_s: float) -> dict:
+    """`_time_shape` in a fresh process: the row of the sweep it gives. A path still in its first call
+    3 x `limit_s` seconds after the last message is stopped, and so is the repetition phase after
+    2 (reps + 1) x `limit_s`; either, or the process ending without a result (out of memory), is recorded."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_time_shape, args=(send, shape, reps, limit_s, SWEEP_PROCESS_BYTES))
+    process.start()
+    send.close()
+    row, first, timeout = dict(shape), {}, 3 * limit_s
+    while True:
+        if not receive.poll(timeout):
+            row["stopped"] = f"stopped after {timeout:.0f} s"
+            break
+        try:
+            kind, *value = receive.recv()
+        except EOFError:
+            process.join()
+            row["stopped"] = f"process ended without a result (exit code {process.exitcode}; out of memory?)"
+            break
+        if kind == "times":
+            times = value[0]
+            row |= {mode: {"median": statistics.median(t), "min": min(t), "max": max(t)} for mode, t in times.items()}
+            row["blocked_over_dense"] = ratio_spread(times["dense"], times["blocked"])
+            break
+        first[value[0]] = value[1]
+        if len(first) == 2:
+            timeout = 2 * (reps + 1) * limit_s
+    process.kill()
+    process.join()
+    return row if "blocked_over_dense" in row else row | {"first_call": first}
+
+
+def dispatch_sweep(reps: int, flops_per_s: float, limit_s: float) -> list[dict]:
+    """Dense vs blocked `expert_ffn` on the grid SWEEP_TOKENS x SWEEP_ROUTING x SWEEP_SIZES, forward alone and
+    forward+backward (the gradient of the output's sum w.r.t. x and the expert params), timed interleaved,
+    each shape in a process of its own (`time_shape`). A shape is skipped where the dense call would take
+    over `limit_s` seconds at `flops_per_s`, or its intermediates would need over SWEEP_MEMORY_BYTES; where
+    a path's first call (compilation included) takes over `limit_s`, only the first calls are reported."""
     rows = []
     for (hidden, expert_size), (experts, top_k), tokens, training in itertools.product(
             SWEEP_SIZES, SWEEP_ROUTING, SWEEP_TOKENS, (False, True)):
-        row: dict = dict(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, expert_size=expert_size,
-                         training=training)
+        shape = dict(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, expert_size=expert_size,
+                     training=training)
         flops, memory = dense_cost(tokens, experts, hidden, expert_size, training)
         if flops / flops_per_s > limit_s or memory > SWEEP_MEMORY_BYTES:
-            rows.append(row | {"skipped": f"dense ~{flops / flops_per_s:.0f} s, {memory / 2**30:.1f} GiB"})
-            print(sweep_line(rows[-1]), flush=True)
-            continue
-        x, weights, index, p = layer_inputs(tokens, hidden, experts, top_k, expert_size)
-        fns = {}
-        for mode in ("dense", "blocked"):
-            def loss(x, p, weights, index, mode=mode):  # all arguments: XLA must not fold the routing in
-                return jnp.sum(expert_ffn(x, weights, index, p, swiglu, mode))
-            fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if training else loss)
-            fns[mode] = lambda fn=fn: jax.block_until_ready(fn(x, p, weights, index))
-        first = {}
-        for mode, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            first[mode] = time.perf_counter() - start
-        if max(first.values()) > limit_s:  # one first call (compilation included) is all a slow path gets
-            row["first_call"] = first
+            rows.append(shape | {"skipped": f"dense ~{flops / flops_per_s:.0f} s, {memory / 2**30:.1f} GiB"})
         else:
-            times = paired_times(fns, reps)
-            row |= {mode: {"median": statistics.median(t), "min": min(t), "max": max(t)} for mode, t in times.items()}
-            row["blocked_over_dense"] = ratio_spread(times["dense"], times["blocked"])
-        rows.append(row)
-        print(sweep_line(row), flush=True)
-        del x, weights, index, p, fns
-        gc.collect()
+            rows.append(time_shape(shape, reps, limit_s))
+        print(sweep_line(rows[-1]), flush=True)
     return rows
 
 
@@ -352,8 +389,10 @@ def sweep_line(row: dict) -> str:
         return f"{shape}  skipped ({row['skipped']})"
     if "first_call" in row:
         first = row["first_call"]
-        return (f"{shape}  first calls, compilation included: dense {first['dense']:.3g} s, blocked "
-                f"{first['blocked']:.3g} s (over the limit: not repeated)  -> {min(first, key=first.get)}")
+        calls = ", ".join(f"{mode} {seconds:.3g} s" for mode, seconds in first.items())
+        faster = min(first, key=first.get) if len(first) == 2 else next(iter(first), "none measured")
+        return (f"{shape}  first calls only, compilation included: {calls}"
+                f"{'; ' + row['stopped'] if 'stopped' in row else ''}  -> {faster}")
     ms = {mode: "{:.3g} ms ({:.3g}-{:.3g})".format(*(1e3 * row[mode][key] for key in ("median", "min", "max")))
           for mode in ("dense", "blocked")}
     ratio = row["blocked_over_dense"]

@@ -190,3 +190,23 @@ def test_choose_trains_blocked_where_dense_would_not_fit():
     assert choose(2**30 // (128 * (3 * 768 + 2048)), 128, 2048, 768, training=True, backend="cpu") == "dense"
     assert choose(2048, 128, 2048, 768, training=True, backend="cpu") == "blocked"  # Qwen3-30B-A3B, 2k tokens
     assert choose(2048, 128, 2048, 768, training=False, backend="cpu") == "blocked"
+
+
+# The faster path per shape (T, E, D, F) on CPU, forward and forward+backward (None: not measured), from
+# `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; k = 2 with 8 experts, else 8)
+SMALL, LARGE = (64, 64), (2048, 768)
+MEASURED_CPU = {
+    **{(t, e, *SMALL): ("blocked", "dense") for t in (64, 512, 2048, 16384) for e in (8, 64, 128)},
+    **{(t, 8, *LARGE): ("blocked", "dense") for t in (64, 512, 2048)}, (16384, 8, *LARGE): ("blocked", None),
+    (64, 64, *LARGE): ("blocked", "dense"), (512, 64, *LARGE): ("blocked", "dense"),
+    (2048, 64, *LARGE): ("blocked", None), (64, 128, *LARGE): ("blocked", "dense"),
+    (512, 128, *LARGE): ("blocked", None),
+}
+
+
+@pytest.mark.parametrize("shape", MEASURED_CPU)
+def test_choose_picks_the_measured_faster_path_on_cpu(shape):
+    forward, training = MEASURED_CPU[shape]
+    assert choose(*shape, training=False, backend="cpu") == forward
+    if training is not None:
+        assert choose(*shape, training=True, backend="cpu") == training
