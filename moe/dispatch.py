@@ -21,10 +21,10 @@ backend and, on CPU, by what the step does (`choose`):
   {(64, 64), (2048, 768)}, float32: blocked's forward took 0.10-0.74x dense's time on all 21 shapes timed;
   its forward+backward took 2.2-24x dense's on the 12 shapes timed, and on 6 more, timed by first call only
   (compilation included), dense took 3-17 s and blocked 18 s once, past 60 s twice and out of 8 GiB three
-  times. Blocked's backward grows faster than its work: at
-  E=8, D=F=64, 8x the tokens (2048 -> 16384) took 58x the time (0.15 -> 8.4 s), with the gradient w.r.t. x
-  as slow as the one w.r.t. the experts (likely the scans' reverse pass carrying whole [T k, D] buffers
-  through every expert and block). Dense's backward is plain batched matmuls.
+  times. Blocked's backward grows faster than its work: at E=8, D=F=64, 8x the tokens (2048 -> 16384) took
+  58x the time (0.15 -> 8.4 s), with the gradient w.r.t. x as slow as the one w.r.t. the experts (likely the
+  scans' reverse pass carrying whole [T k, D] buffers through every expert and block). Dense's backward is
+  plain batched matmuls.
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
@@ -47,8 +47,8 @@ Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
 Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation, Array | None], Array]
 
 DISPATCH_MODES = ("auto", "auto-train", "blocked", "ragged", "megablox", "dense")
-# dense's float intermediates a training step may keep on CPU ([E, T, 2F] + [E, T, F] + [E, T, D]): 4 GiB in
-# float32, the largest the dispatch sweep measured; beyond it training falls back to blocked
+# dense's intermediates a training step may keep on CPU ([E, T, 2F] + [E, T, F] + [E, T, D]): 4 GiB in float32.
+# A memory bound, not a measured crossover: the sweep's largest dense training shape had 1.4e8 elements.
 DENSE_TRAINING_MAX_ELEMENTS = 2**30
 
 

@@ -17,6 +17,10 @@ OLMoE-shaped config (hidden 64, vocabulary 50304): multiple-choice scoring token
 forward's tokens/s over the same tokens, and greedy generation tokens/s against HF ``generate`` on the
 same prompts. It reports the median and min-max over ``--reps`` repetitions and gives no verdict from
 fewer than 3.
+
+The dispatch sweep (``--dispatch-sweep``) times dense vs blocked ``expert_ffn``, forward and forward+backward,
+interleaved, on a grid of shapes, each in a memory-limited process of its own: the measurements behind
+``moe.dispatch.choose`` on CPU.
 """
 from __future__ import annotations
 
@@ -305,8 +309,9 @@ def paired_times(fns: dict[str, Callable[[], Any]], reps: int, min_seconds: floa
 
 def _time_shape(send, shape: dict, reps: int, limit_s: float, memory_bytes: int) -> None:
     """In a process of its own, limited to `memory_bytes` of data: dense and blocked `expert_ffn` on one shape
-    of the sweep. Sends ("first", mode, seconds) after each path's first call (compilation included), then
-    ("times", {mode: seconds per call}) from `paired_times`, unless a first call took over `limit_s`."""
+    of the sweep. Sends ("ready",) once its inputs are made, ("first", mode, seconds) after each path's first
+    call (compilation included), then ("times", {mode: seconds per call}) from `paired_times`, unless a first
+    call took over `limit_s`."""
     import resource
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
     from moe.dispatch import expert_ffn
@@ -319,43 +324,47 @@ def _time_shape(send, shape: dict, reps: int, limit_s: float, memory_bytes: int)
             return jnp.sum(expert_ffn(x, weights, index, p, swiglu, mode))
         fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if shape["training"] else loss)
         fns[mode] = lambda fn=fn: jax.block_until_ready(fn(x, p, weights, index))
+    send.send(("ready",))
+    first = {}
     for mode, fn in fns.items():
         start = time.perf_counter()
         fn()
-        send.send(("first", mode, time.perf_counter() - start))
-        if time.perf_counter() - start > limit_s:
-            return
-    send.send(("times", paired_times(fns, reps)))
+        first[mode] = time.perf_counter() - start
+        send.send(("first", mode, first[mode]))
+    if max(first.values()) <= limit_s:
+        send.send(("times", paired_times(fns, reps)))
 
 
 def time_shape(shape: dict, reps: int, limit_s: float) -> dict:
     """`_time_shape` in a fresh process: the row of the sweep it gives. A path still in its first call
-    3 x `limit_s` seconds after the last message is stopped, and so is the repetition phase after
-    2 (reps + 1) x `limit_s`; either, or the process ending without a result (out of memory), is recorded."""
+    3 x `limit_s` seconds after the last message (the process gets 10 minutes to start) is stopped, and so
+    is the repetition phase after
+    2 (reps + 1) x `limit_s`; either, or the process failing (out of memory), is recorded."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_time_shape, args=(send, shape, reps, limit_s, SWEEP_PROCESS_BYTES))
     process.start()
     send.close()
-    row, first, timeout = dict(shape), {}, 3 * limit_s
+    row, first, timeout = dict(shape), {}, 600.0
     while True:
         if not receive.poll(timeout):
             row["stopped"] = f"stopped after {timeout:.0f} s"
             break
         try:
             kind, *value = receive.recv()
-        except EOFError:
+        except EOFError:  # the process ended: a first call over the limit, or a failure
             process.join()
-            row["stopped"] = f"process ended without a result (exit code {process.exitcode}; out of memory?)"
+            if process.exitcode:
+                row["stopped"] = f"process failed (exit code {process.exitcode}; out of memory?)"
             break
         if kind == "times":
             times = value[0]
             row |= {mode: {"median": statistics.median(t), "min": min(t), "max": max(t)} for mode, t in times.items()}
             row["blocked_over_dense"] = ratio_spread(times["dense"], times["blocked"])
             break
-        first[value[0]] = value[1]
-        if len(first) == 2:
-            timeout = 2 * (reps + 1) * limit_s
+        if kind == "first":
+            first[value[0]] = value[1]
+        timeout = 2 * (reps + 1) * limit_s if len(first) == 2 else 3 * limit_s
     process.kill()
     process.join()
     return row if "blocked_over_dense" in row else row | {"first_call": first}
