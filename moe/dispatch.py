@@ -7,13 +7,24 @@ weights straight out of the stack, so no per-layer copy of the experts is made (
 layer out first). Implementations:
 - "blocked": sort assignments by expert; `lax.scan` over the experts, each reading its weights once and
   running its rows through in blocks of `block_rows(...)` rows (empty experts and blocks are skipped with
-  `lax.cond`). Fast on CPU.
+  `lax.cond`). Fast on CPU for inference; its backward is slow (below).
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows.
 - "megablox": the Pallas TPU grouped matmul `jax.experimental.pallas.ops.tpu.megablox.gmm` (MaxText's default
   for dropless MoE on TPU) over the same rows; `interpret=True` runs it anywhere (slowly), for tests.
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
-"auto" picks by backend, as measured with scripts/benchmark.py (README, "Benchmark"):
-- CPU: "blocked" (ragged_dot has no fast grouped kernel on CPU);
+"auto" and "auto-train" (for a step that is differentiated; `moe.train.make_train_step` asks for it) pick by
+backend and, on CPU, by what the step does (`choose`):
+- CPU: "blocked" for inference; "dense" for training, unless dense's intermediates (T x E x (3F + D)
+  elements) would pass DENSE_TRAINING_MAX_ELEMENTS, then "blocked". Measured with
+  `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; 2-core CPU under load, jax 0.10.2,
+  2026-12-05) on T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
+  {(64, 64), (2048, 768)}, float32: blocked's forward took 0.10-0.74x dense's time on all 21 shapes timed;
+  its forward+backward took 2.2-24x dense's on the 12 shapes timed, and on 6 more, timed by first call only
+  (compilation included), dense took 3-17 s and blocked 18 s once, past 60 s twice and out of 8 GiB three
+  times. Blocked's backward grows faster than its work: at E=8, D=F=64, 8x the tokens (2048 -> 16384) took
+  58x the time (0.15 -> 8.4 s), with the gradient w.r.t. x as slow as the one w.r.t. the experts (likely the
+  scans' reverse pass carrying whole [T k, D] buffers through every expert and block). Dense's backward is
+  plain batched matmuls.
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
@@ -35,7 +46,22 @@ Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
 # A mode name or a dispatcher (x, weights, index, p, act, layer) -> out
 Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation, Array | None], Array]
 
-DISPATCH_MODES = ("auto", "blocked", "ragged", "megablox", "dense")
+DISPATCH_MODES = ("auto", "auto-train", "blocked", "ragged", "megablox", "dense")
+# dense's intermediates a training step may keep on CPU ([E, T, 2F] + [E, T, F] + [E, T, D]): 4 GiB in float32.
+# A memory bound, not a measured crossover: the sweep's largest dense training shape had 1.4e8 elements.
+DENSE_TRAINING_MAX_ELEMENTS = 2**30
+
+
+def choose(tokens: int, experts: int, hidden: int, expert_size: int, training: bool = False,
+           backend: str | None = None) -> str:
+    """The dispatch "auto" (or with `training`, "auto-train") runs for T `tokens`, E `experts` of hidden size
+    D and expert size F on `backend` (default: JAX's default backend). See the module docstring for the
+    measurements behind the rule."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return {"gpu": "dense", "tpu": "megablox"}.get(backend, "ragged")
+    dense_elements = tokens * experts * (3 * expert_size + hidden)
+    return "dense" if training and dense_elements <= DENSE_TRAINING_MAX_ELEMENTS else "blocked"
 
 
 def block_rows(num_assignments: int, num_experts: int) -> int:
@@ -204,8 +230,9 @@ def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Act
         p, layer = {k: v.astype(x.dtype) for k, v in _layer_slice(p, layer).items()}, None
     if callable(mode):
         return mode(x, weights, index, p, act, layer)
-    if mode == "auto":
-        mode = {"cpu": "blocked", "gpu": "dense", "tpu": "megablox"}.get(jax.default_backend(), "ragged")
+    if mode in ("auto", "auto-train"):
+        num_experts, d, _, f = p["gate_up"].shape[-4:]
+        mode = choose(x.shape[0], num_experts, d, f, training=mode == "auto-train")
     paths = {"blocked": blocked_ffn, "ragged": ragged_ffn, "megablox": megablox_ffn, "dense": dense_ffn}
     if mode not in paths:
         raise ValueError(f"unknown dispatch mode {mode!r}; choose one of {DISPATCH_MODES}")

@@ -121,7 +121,11 @@ def make_train_step(model: MoeTransformer, optimizer: optax.GradientTransformati
                     weights: LossWeights = LossWeights(), extra_loss: ExtraLoss | None = None,
                     trainable: Trainable | None = None) -> StepFn:
     """A jitted `step(state, batch) -> (state, metrics)`; `optimizer` must be the one the state was built
-    with (`masked_optimizer(..., trainable)` when training only some parameters). The state is donated."""
+    with (`masked_optimizer(..., trainable)` when training only some parameters). The state is donated.
+    A model with dispatch "auto" trains with "auto-train", the dispatch `moe.dispatch.choose` picks for a
+    differentiated step."""
+    if model.dispatch == "auto":
+        model = model.clone(dispatch="auto-train")
     top_k = model.config.top_k
 
     def loss_fn(params: Any, batch: Batch) -> tuple[Array, dict[str, Array]]:

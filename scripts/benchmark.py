@@ -17,11 +17,17 @@ OLMoE-shaped config (hidden 64, vocabulary 50304): multiple-choice scoring token
 forward's tokens/s over the same tokens, and greedy generation tokens/s against HF ``generate`` on the
 same prompts. It reports the median and min-max over ``--reps`` repetitions and gives no verdict from
 fewer than 3.
+
+The dispatch sweep (``--dispatch-sweep``) times dense vs blocked ``expert_ffn``, forward and forward+backward,
+interleaved, on a grid of shapes, each in a memory-limited process of its own: the measurements behind
+``moe.dispatch.choose`` on CPU.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -29,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -236,24 +243,170 @@ def bench_config(name: str, spec: dict, args, peak: float) -> dict:
     return result
 
 
+def layer_inputs(tokens: int, hidden: int, experts: int, top_k: int, expert_size: int,
+                 layers: int | None = None) -> tuple:
+    """Random inputs of one MoE layer: x [T, D], weights and index [T, k] (top-k of random logits, equal
+    weights) and fused expert params, stacked [layers, E, ...] when `layers` is given."""
+    rng = np.random.default_rng(0)
+    stack = (layers,) if layers else ()
+    x = jnp.asarray(rng.standard_normal((tokens, hidden)), jnp.float32)
+    index = jnp.asarray(np.argsort(-rng.standard_normal((tokens, experts)), -1)[:, :top_k], jnp.int32)
+    weights = jnp.full((tokens, top_k), 1.0 / top_k, jnp.float32)
+    p = {"gate_up": jnp.asarray(0.02 * rng.standard_normal((*stack, experts, hidden, 2, expert_size)), jnp.float32),
+         "down": jnp.asarray(0.02 * rng.standard_normal((*stack, experts, expert_size, hidden)), jnp.float32)}
+    return x, weights, index, p
+
+
 def block_sweep(spec: dict, tokens: int, reps: int, blocks=(16, 32, 64, 128)) -> dict[str, dict]:
     """Seconds (median, min, max) of one MoE layer's blocked dispatch at each block size: the spec's expert
     shape, `tokens` tokens routed top-k by random logits, experts read in place from a stack of 2 layers."""
     from moe.dispatch import blocked_ffn
     from moe.model import swiglu
-    rng = np.random.default_rng(0)
-    d, f, e, k = spec["hidden"], spec["expert_size"], spec["experts"], spec["top_k"]
-    x = jnp.asarray(rng.standard_normal((tokens, d)), jnp.float32)
-    index = jnp.asarray(np.argsort(-rng.standard_normal((tokens, e)), -1)[:, :k], jnp.int32)
-    weights = jnp.full((tokens, k), 1.0 / k, jnp.float32)
-    p = {"gate_up": jnp.asarray(0.02 * rng.standard_normal((2, e, d, 2, f)), jnp.float32),
-         "down": jnp.asarray(0.02 * rng.standard_normal((2, e, f, d)), jnp.float32)}
+    x, weights, index, p = layer_inputs(tokens, spec["hidden"], spec["experts"], spec["top_k"], spec["expert_size"],
+                                        layers=2)
     out = {}
     for block in blocks:
         fn = jax.jit(lambda x, w, i, p, l, block=block: blocked_ffn(x, w, i, p, swiglu, l, block))
         times = sorted(timed(lambda: fn(x, weights, index, p, jnp.int32(1)).block_until_ready(), reps))
         out[str(block)] = {"median": statistics.median(times), "min": times[0], "max": times[-1]}
     return out
+
+
+# The dispatch sweep's grid: tokens, (experts, top-k) and (hidden, expert size)
+SWEEP_TOKENS = (64, 512, 2048, 16384)
+SWEEP_ROUTING = ((8, 2), (64, 8), (128, 8))
+SWEEP_SIZES = ((64, 64), (2048, 768))
+SWEEP_MEMORY_BYTES = 4 * 2**30  # dense intermediates (estimated) beyond which a shape is skipped
+SWEEP_PROCESS_BYTES = 8 * 2**30  # each shape's process is limited to this much data (RLIMIT_DATA)
+
+
+def dense_cost(tokens: int, experts: int, hidden: int, expert_size: int, training: bool) -> tuple[float, float]:
+    """(FLOPs, bytes of float32 intermediates) of the dense dispatch: every expert's gate/up [D, 2F] and down
+    [F, D] matmuls on every token, times 3 with the backward (which also keeps the forward's activations)."""
+    flops = 6.0 * tokens * experts * hidden * expert_size
+    activations = 4.0 * experts * tokens * (3 * expert_size + hidden)
+    return (3 * flops, 2 * activations) if training else (flops, activations)
+
+
+def paired_times(fns: dict[str, Callable[[], Any]], reps: int, min_seconds: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call of each fn, interleaved: every repetition runs each fn once more (alternating the
+    order), so a change in the machine's load falls on all of them alike. Each repetition of a fn repeats it
+    enough times to last about `min_seconds`. One warm-up call each (compilation) first."""
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rep in range(reps):
+        for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            times[name].append((time.perf_counter() - start) / calls[name])
+    return times
+
+
+def _time_shape(send, shape: dict, reps: int, limit_s: float, memory_bytes: int) -> None:
+    """In a process of its own, limited to `memory_bytes` of data: dense and blocked `expert_ffn` on one shape
+    of the sweep. Sends ("ready",) once its inputs are made, ("first", mode, seconds) after each path's first
+    call (compilation included), then ("times", {mode: seconds per call}) from `paired_times`, unless a first
+    call took over `limit_s`."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+    from moe.dispatch import expert_ffn
+    from moe.model import swiglu
+    x, weights, index, p = layer_inputs(shape["tokens"], shape["hidden"], shape["experts"], shape["top_k"],
+                                        shape["expert_size"])
+    fns = {}
+    for mode in ("dense", "blocked"):
+        def loss(x, p, weights, index, mode=mode):  # all arguments: XLA must not fold the routing in
+            return jnp.sum(expert_ffn(x, weights, index, p, swiglu, mode))
+        fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if shape["training"] else loss)
+        fns[mode] = lambda fn=fn: jax.block_until_ready(fn(x, p, weights, index))
+    send.send(("ready",))
+    first = {}
+    for mode, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        first[mode] = time.perf_counter() - start
+        send.send(("first", mode, first[mode]))
+    if max(first.values()) <= limit_s:
+        send.send(("times", paired_times(fns, reps)))
+
+
+def time_shape(shape: dict, reps: int, limit_s: float) -> dict:
+    """`_time_shape` in a fresh process: the row of the sweep it gives. A path still in its first call
+    3 x `limit_s` seconds after the last message (the process gets 10 minutes to start) is stopped, and so
+    is the repetition phase after
+    2 (reps + 1) x `limit_s`; either, or the process failing (out of memory), is recorded."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_time_shape, args=(send, shape, reps, limit_s, SWEEP_PROCESS_BYTES))
+    process.start()
+    send.close()
+    row, first, timeout = dict(shape), {}, 600.0
+    while True:
+        if not receive.poll(timeout):
+            row["stopped"] = f"stopped after {timeout:.0f} s"
+            break
+        try:
+            kind, *value = receive.recv()
+        except EOFError:  # the process ended: a first call over the limit, or a failure
+            process.join()
+            if process.exitcode:
+                row["stopped"] = f"process failed (exit code {process.exitcode}; out of memory?)"
+            break
+        if kind == "times":
+            times = value[0]
+            row |= {mode: {"median": statistics.median(t), "min": min(t), "max": max(t)} for mode, t in times.items()}
+            row["blocked_over_dense"] = ratio_spread(times["dense"], times["blocked"])
+            break
+        if kind == "first":
+            first[value[0]] = value[1]
+        timeout = 2 * (reps + 1) * limit_s if len(first) == 2 else 3 * limit_s
+    process.kill()
+    process.join()
+    return row if "blocked_over_dense" in row else row | {"first_call": first}
+
+
+def dispatch_sweep(reps: int, flops_per_s: float, limit_s: float) -> list[dict]:
+    """Dense vs blocked `expert_ffn` on the grid SWEEP_TOKENS x SWEEP_ROUTING x SWEEP_SIZES, forward alone and
+    forward+backward (the gradient of the output's sum w.r.t. x and the expert params), timed interleaved,
+    each shape in a process of its own (`time_shape`). A shape is skipped where the dense call would take
+    over `limit_s` seconds at `flops_per_s`, or its intermediates would need over SWEEP_MEMORY_BYTES; where
+    a path's first call (compilation included) takes over `limit_s`, only the first calls are reported."""
+    rows = []
+    for (hidden, expert_size), (experts, top_k), tokens, training in itertools.product(
+            SWEEP_SIZES, SWEEP_ROUTING, SWEEP_TOKENS, (False, True)):
+        shape = dict(tokens=tokens, experts=experts, top_k=top_k, hidden=hidden, expert_size=expert_size,
+                     training=training)
+        flops, memory = dense_cost(tokens, experts, hidden, expert_size, training)
+        if flops / flops_per_s > limit_s or memory > SWEEP_MEMORY_BYTES:
+            rows.append(shape | {"skipped": f"dense ~{flops / flops_per_s:.0f} s, {memory / 2**30:.1f} GiB"})
+        else:
+            rows.append(time_shape(shape, reps, limit_s))
+        print(sweep_line(rows[-1]), flush=True)
+    return rows
+
+
+def sweep_line(row: dict) -> str:
+    """One row of the dispatch sweep: milliseconds per call, median (min-max), and which path was faster."""
+    shape = (f"T={row['tokens']:>5} E={row['experts']:>3} k={row['top_k']} D={row['hidden']:>4} "
+             f"F={row['expert_size']:>3} {'fwd+bwd' if row['training'] else 'fwd    '}")
+    if "skipped" in row:
+        return f"{shape}  skipped ({row['skipped']})"
+    if "first_call" in row:
+        first = row["first_call"]
+        calls = ", ".join(f"{mode} {seconds:.3g} s" for mode, seconds in first.items())
+        faster = min(first, key=first.get) if len(first) == 2 else next(iter(first), "none measured")
+        return (f"{shape}  first calls only, compilation included: {calls}"
+                f"{'; ' + row['stopped'] if 'stopped' in row else ''}  -> {faster}")
+    ms = {mode: "{:.3g} ms ({:.3g}-{:.3g})".format(*(1e3 * row[mode][key] for key in ("median", "min", "max")))
+          for mode in ("dense", "blocked")}
+    ratio = row["blocked_over_dense"]
+    return (f"{shape}  dense {ms['dense']}  blocked {ms['blocked']}  "
+            f"blocked/dense {spread(ratio, 'x')}  -> {'dense' if ratio['median'] > 1 else 'blocked'}")
 
 
 def verdicts(name: str, r: dict) -> list[str]:
@@ -414,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-compile", action="store_true", help="skip the 8 vs 48 layer compile measurement")
     parser.add_argument("--block-sweep", action="store_true",
                         help="only time one layer's blocked dispatch per block size for each config, then exit")
+    parser.add_argument("--dispatch-sweep", action="store_true",
+                        help="only time dense vs blocked expert_ffn (forward, forward+backward) on a grid of "
+                             "shapes, then exit: the measurements behind moe.dispatch.choose")
+    parser.add_argument("--sweep-limit", type=float, default=20.0,
+                        help="seconds: the dispatch sweep skips shapes whose dense call would take longer")
     parser.add_argument("--only", choices=["all", "forward", "eval"], default="all",
                         help="forward: JAX vs HF forward per config; eval: multiple-choice scoring and generation")
     parser.add_argument("--eval-items", type=int, default=64, help="multiple-choice items per option style")
@@ -427,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("reps", "eval_items", "eval_new_tokens"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.sweep_limit <= 0:
+        parser.error("--sweep-limit must be positive")
     jax.config.update("jax_default_matmul_precision", "highest" if args.dtype == "float32" else "default")
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
@@ -447,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} blocked dispatch, one layer, {args.batch * args.seq} tokens: " + ", ".join(
                 f"block {b}: {1e3 * t['median']:.0f} ms ({1e3 * t['min']:.0f}-{1e3 * t['max']:.0f})"
                 for b, t in sweep.items()), flush=True)
+        forward_runs, args.only = [], "forward"
+    if args.dispatch_sweep:
+        print("dispatch sweep (float32, one layer's expert_ffn): ms per call, median (min-max) over the "
+              "interleaved repetitions", flush=True)
+        report["dispatch_sweep"] = dispatch_sweep(args.reps, peak, args.sweep_limit)
         forward_runs, args.only = [], "forward"
     lines = []
 

@@ -91,3 +91,23 @@ def test_the_evaluation_benchmark_runs_and_writes_its_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "NO VERDICT scoring_vs_forward" in printed and "PASS" not in printed
     assert report["verdicts"] and all(line in printed.splitlines() for line in report["verdicts"])
+
+
+def test_dispatch_sweep_times_the_paths_interleaved():
+    order = []
+    times = benchmark.paired_times({"dense": lambda: order.append("d"), "blocked": lambda: order.append("b")}, 3,
+                                   min_seconds=0)
+    assert "".join(order) == "db" + "db" + "bd" + "db"  # warm-ups, then each repetition in alternating order
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_dispatch_sweep_lines_name_the_faster_path():
+    shape = dict(tokens=64, experts=8, top_k=2, hidden=64, expert_size=64, training=True)
+    timed_row = shape | {"dense": {"median": 0.001, "min": 0.001, "max": 0.002},
+                         "blocked": {"median": 0.003, "min": 0.002, "max": 0.004},
+                         "blocked_over_dense": benchmark.ratio_spread([0.001, 0.001], [0.003, 0.003])}
+    assert benchmark.sweep_line(timed_row).endswith("blocked/dense 3.00x (3.00-3.00)  -> dense")
+    stopped = shape | {"first_call": {"dense": 4.0}, "stopped": "stopped after 60 s"}
+    assert benchmark.sweep_line(stopped).endswith("dense 4 s; stopped after 60 s  -> dense")
+    assert "skipped (dense ~30 s" in benchmark.sweep_line(shape | {"skipped": "dense ~30 s, 4.2 GiB"})
+    assert benchmark.dense_cost(64, 8, 64, 64, training=False) == (6.0 * 64 * 8 * 64 * 64, 4.0 * 8 * 64 * 256)

@@ -324,15 +324,12 @@ def _finetune(out: Path, settings: DemoSettings, record: Mapping[str, Any], anal
     data = load_task(TASK, analysis.languages, evals, source_dir=analysis.config.source_dir,
                      tfds_dir=settings.tfds_dir)
     stats_fn = statistics_fn(loaded.model, num_pairs=2)
-    # the same model with dense dispatch (every expert on every token): the same function to 1e-5, and the
-    # fastest to train at the organism's size on CPU (routing.organism.train.new_model)
-    trainer = loaded.model.clone(dispatch="dense")
     runs, results = {}, {}
     panels = {"before finetuning": divergence_curves(analyze_routing.analyze_languages(analysis), base)}
     for name, weight in (("routing_aware", settings.finetune_weight), ("plain", 0.0)):
         batch_at = pair_batches(loaded.tokenizer, record["data"], others, base, settings.finetune_pairs, weight,
                                 settings.seed)
-        params, history = finetune(trainer, loaded.params, batch_at, ft, progress=progress,
+        params, history = finetune(loaded.model, loaded.params, batch_at, ft, progress=progress,
                                    description=f"finetune ({name})")
         results[name] = run_task(loaded.model, params, loaded.tokenizer, data, evals,
                                  edit=steering.empty(loaded), eos_ids=loaded.eos_ids)

@@ -8,13 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe.dispatch import DISPATCH_MODES, block_rows, blocked_ffn, expert_ffn, megablox_ffn
+from moe.dispatch import DISPATCH_MODES, block_rows, blocked_ffn, choose, expert_ffn, megablox_ffn
 from moe.model import clamped_swiglu, swiglu
 
 PATHS = {"blocked": partial(expert_ffn, mode="blocked"), "ragged": partial(expert_ffn, mode="ragged"),
          "dense": partial(expert_ffn, mode="dense"), "megablox": partial(megablox_ffn, interpret=True),
          # 16-row tiles: groups start and end inside tiles and span several of them
-         "megablox-16": partial(megablox_ffn, interpret=True, tile_rows=16)}
+         "megablox-16": partial(megablox_ffn, interpret=True, tile_rows=16),
+         # whatever `choose` picks on this backend, for inference and for training
+         "auto": partial(expert_ffn, mode="auto"), "auto-train": partial(expert_ffn, mode="auto-train")}
 TOL = 1e-5
 
 
@@ -141,7 +143,7 @@ def test_blocked_reads_the_stack_in_place():
 
 
 def test_unknown_mode():
-    assert set(PATHS) - {"megablox-16"} | {"auto"} == set(DISPATCH_MODES)
+    assert set(PATHS) - {"megablox-16"} == set(DISPATCH_MODES)
     with pytest.raises(ValueError, match="unknown dispatch mode"):
         expert_ffn(jnp.zeros((2, 4)), jnp.ones((2, 1)), jnp.zeros((2, 1), jnp.int32),
                    {"gate_up": jnp.zeros((2, 4, 2, 3)), "down": jnp.zeros((2, 3, 4))}, swiglu, mode="magic")
@@ -162,3 +164,49 @@ def test_mixed_precision_computes_in_the_activation_dtype(layer):
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     ref = _numpy_reference(np.asarray(x16, np.float64), w, idx, p, False)
     assert np.abs(np.asarray(got, np.float64) - ref).max() <= 0.05 * max(1.0, np.abs(ref).max())
+
+
+def test_auto_runs_the_chosen_path():
+    """On CPU, "auto" is bit for bit the blocked path and "auto-train" the dense one (at a shape where
+    dense's intermediates are far below the limit)."""
+    assert jax.default_backend() == "cpu"
+    x, w, idx, p = _case(40, 16, 8, 6, 2, False, np.random.RandomState(6))
+    run = {mode: _run(partial(expert_ffn, mode=mode), x, w, idx, _fused(p), False)
+           for mode in ("auto", "auto-train", "blocked", "dense")}
+    np.testing.assert_array_equal(run["auto"], run["blocked"])
+    np.testing.assert_array_equal(run["auto-train"], run["dense"])
+    assert np.abs(run["blocked"] - run["dense"]).max() > 0  # the two paths are told apart
+
+
+def test_choose_off_cpu_is_by_backend():
+    for training in (False, True):
+        assert choose(1024, 128, 2048, 768, training, backend="gpu") == "dense"
+        assert choose(1024, 128, 2048, 768, training, backend="tpu") == "megablox"
+        assert choose(1024, 128, 2048, 768, training, backend="other") == "ragged"
+
+
+def test_choose_trains_blocked_where_dense_would_not_fit():
+    """Dense keeps T x E x (3F + D) intermediates: 2**30 elements (4 GiB in float32) at most."""
+    assert choose(2**30 // (128 * (3 * 768 + 2048)), 128, 2048, 768, training=True, backend="cpu") == "dense"
+    assert choose(2048, 128, 2048, 768, training=True, backend="cpu") == "blocked"  # Qwen3-30B-A3B, 2k tokens
+    assert choose(2048, 128, 2048, 768, training=False, backend="cpu") == "blocked"
+
+
+# The faster path per shape (T, E, D, F) on CPU, forward and forward+backward (None: not measured), from
+# `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; k = 2 with 8 experts, else 8)
+SMALL, LARGE = (64, 64), (2048, 768)
+MEASURED_CPU = {
+    **{(t, e, *SMALL): ("blocked", "dense") for t in (64, 512, 2048, 16384) for e in (8, 64, 128)},
+    **{(t, 8, *LARGE): ("blocked", "dense") for t in (64, 512, 2048)}, (16384, 8, *LARGE): ("blocked", None),
+    (64, 64, *LARGE): ("blocked", "dense"), (512, 64, *LARGE): ("blocked", "dense"),
+    (2048, 64, *LARGE): ("blocked", None), (64, 128, *LARGE): ("blocked", "dense"),
+    (512, 128, *LARGE): ("blocked", None),
+}
+
+
+@pytest.mark.parametrize("shape", MEASURED_CPU)
+def test_choose_picks_the_measured_faster_path_on_cpu(shape):
+    forward, training = MEASURED_CPU[shape]
+    assert choose(*shape, training=False, backend="cpu") == forward
+    if training is not None:
+        assert choose(*shape, training=True, backend="cpu") == training

@@ -53,6 +53,17 @@ def test_training_reduces_loss(adam):
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
 
 
+def test_an_auto_model_trains_with_the_training_dispatch(adam):
+    """make_train_step runs a dispatch="auto" model with "auto-train": on CPU at this size that is dense,
+    so the steps equal the dense model's bit for bit (test_dispatch shows dense and blocked differ)."""
+    opt, dense_step = adam
+    auto_step = make_train_step(MODEL.clone(dispatch="auto"), opt)
+    want, _ = fit(init_state(_params(), opt), dense_step, _batch_at, 2, progress=False)
+    got, _ = fit(init_state(_params(), opt), auto_step, _batch_at, 2, progress=False)
+    for name, value in _leaves(got.params).items():
+        np.testing.assert_array_equal(value, _leaves(want.params)[name], err_msg=name)
+
+
 def test_resuming_from_a_checkpoint_continues_identically(tmp_path, adam):
     opt, step = adam
     straight, history = fit(init_state(_params(), opt), step, _batch_at, 6, progress=False)
