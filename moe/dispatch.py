@@ -14,17 +14,15 @@ layer out first). Implementations:
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
 "auto" and "auto-train" (for a step that is differentiated; `moe.train.make_train_step` asks for it) pick by
 backend and, on CPU, by what the step does (`choose`):
-- CPU: "blocked" for inference; "dense" for training, unless dense's intermediates (T x E x (3F + D)
-  elements) would pass DENSE_TRAINING_MAX_ELEMENTS, then "blocked". Measured with
+- CPU: "blocked" for inference, "dense" for training. Measured with
   `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; 2-core CPU under load, jax 0.10.2,
   2026-12-05) on T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
   {(64, 64), (2048, 768)}, float32: blocked's forward took 0.10-0.74x dense's time on all 21 shapes timed;
   its forward+backward took 2.2-24x dense's on the 12 shapes timed, and on 6 more, timed by first call only
   (compilation included), dense took 3-17 s and blocked 18 s once, past 60 s twice and out of 8 GiB three
   times. Blocked's backward grows faster than its work: at E=8, D=F=64, 8x the tokens (2048 -> 16384) took
-  58x the time (0.15 -> 8.4 s), with the gradient w.r.t. x as slow as the one w.r.t. the experts (likely the
-  scans' reverse pass carrying whole [T k, D] buffers through every expert and block). Dense's backward is
-  plain batched matmuls.
+  58x the time (0.15 -> 8.4 s); dense's backward is plain batched matmuls. Where dense's intermediates do not
+  fit in memory (they grow as layers x T x E x (3F + D)), neither path is measured to train well on CPU.
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
@@ -47,11 +45,6 @@ Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
 Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation, Array | None], Array]
 
 DISPATCH_MODES = ("auto", "auto-train", "blocked", "ragged", "megablox", "dense")
-# dense's intermediates a training step may keep on CPU ([E, T, 2F] + [E, T, F] + [E, T, D]): 4 GiB in float32.
-# A memory bound, not a measured crossover: the sweep's largest dense training shape had 1.4e8 elements.
-DENSE_TRAINING_MAX_ELEMENTS = 2**30
-
-
 def choose(tokens: int, experts: int, hidden: int, expert_size: int, training: bool = False,
            backend: str | None = None) -> str:
     """The dispatch "auto" (or with `training`, "auto-train") runs for T `tokens`, E `experts` of hidden size
@@ -60,8 +53,7 @@ def choose(tokens: int, experts: int, hidden: int, expert_size: int, training: b
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return {"gpu": "dense", "tpu": "megablox"}.get(backend, "ragged")
-    dense_elements = tokens * experts * (3 * expert_size + hidden)
-    return "dense" if training and dense_elements <= DENSE_TRAINING_MAX_ELEMENTS else "blocked"
+    return "dense" if training else "blocked"
 
 
 def block_rows(num_assignments: int, num_experts: int) -> int:

@@ -167,9 +167,9 @@ def test_mixed_precision_computes_in_the_activation_dtype(layer):
 
 
 def test_auto_runs_the_chosen_path():
-    """On CPU, "auto" is bit for bit the blocked path and "auto-train" the dense one (at a shape where
-    dense's intermediates are far below the limit)."""
-    assert jax.default_backend() == "cpu"
+    """On CPU, "auto" is bit for bit the blocked path and "auto-train" the dense one."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU rule")
     x, w, idx, p = _case(40, 16, 8, 6, 2, False, np.random.RandomState(6))
     run = {mode: _run(partial(expert_ffn, mode=mode), x, w, idx, _fused(p), False)
            for mode in ("auto", "auto-train", "blocked", "dense")}
@@ -183,13 +183,6 @@ def test_choose_off_cpu_is_by_backend():
         assert choose(1024, 128, 2048, 768, training, backend="gpu") == "dense"
         assert choose(1024, 128, 2048, 768, training, backend="tpu") == "megablox"
         assert choose(1024, 128, 2048, 768, training, backend="other") == "ragged"
-
-
-def test_choose_trains_blocked_where_dense_would_not_fit():
-    """Dense keeps T x E x (3F + D) intermediates: 2**30 elements (4 GiB in float32) at most."""
-    assert choose(2**30 // (128 * (3 * 768 + 2048)), 128, 2048, 768, training=True, backend="cpu") == "dense"
-    assert choose(2048, 128, 2048, 768, training=True, backend="cpu") == "blocked"  # Qwen3-30B-A3B, 2k tokens
-    assert choose(2048, 128, 2048, 768, training=False, backend="cpu") == "blocked"
 
 
 # The faster path per shape (T, E, D, F) on CPU, forward and forward+backward (None: not measured), from

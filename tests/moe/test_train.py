@@ -161,3 +161,15 @@ def test_train_step_runs_under_a_mesh():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sharded ok 4" in done.stdout
+
+
+def test_training_dispatch_replaces_auto_also_inside_expert_parallelism():
+    from moe.expert_parallel import ExpertParallel
+    from moe.sharding import make_mesh
+    from moe.train import training_dispatch
+
+    mesh = make_mesh(devices=jax.devices()[:1])
+    assert training_dispatch("auto") == "auto-train"
+    assert training_dispatch(ExpertParallel(mesh)) == ExpertParallel(mesh, "auto-train")
+    for kept in ("blocked", "dense", ExpertParallel(mesh, "blocked")):
+        assert training_dispatch(kept) == kept
