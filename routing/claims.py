@@ -10,8 +10,8 @@ rejects at ``alpha``, and "not shown" otherwise. The tests:
   both ends diverge more than every middle layer. (A rule such as "the minimum lies inside" would pass any
   zig-zag curve, whose lowest layer is inside by chance; so would a comparison with the middle's mean, when one
   middle layer dips far enough to pull it under a peak.) One-sided percentile bootstrap over sequences:
-  p = (1 + #{rise* <= 0}) / (1 + resamples). Across languages, Holm's step-down correction; the claim is shown when more than half of the
-  languages are U-shaped after correction.
+  p = (1 + #{rise* <= 0}) / (1 + resamples). Across languages, Holm's step-down correction; the claim is shown
+  when more than half of the languages are U-shaped after correction.
 - **Divergence-accuracy correlation** (claim 2): shown when Pearson r < 0 with p < alpha and its bootstrap
   interval over languages below 0 (``routing.scoring.correlate``).
 - **An intervention's effect** (claim 3, steering; finetuning): `clustered_effect` on the outcomes of the same
