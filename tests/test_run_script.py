@@ -44,13 +44,13 @@ def test_each_verb_installs_once_per_pyproject_then_runs_its_command(clone):
     assert run(root, log, "demo", "--limit", "9") == ["python -m pip install -q -e .", "python scripts/demo.py --limit 9"]
     assert run(root, log, "demo") == ["python scripts/demo.py"]
     assert run(root, log, "test", "-x") == ["python -m pip install -q torch==2.13.0", 'python -m pip install -q -e .[test]',
-                                            "python -m pytest tests -x"]
-    assert run(root, log, "test") == ["python -m pytest tests"]
+                                            "python -m pytest tests -n 2 -x"]
+    assert run(root, log, "test") == ["python -m pytest tests -n 2"]
     (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "\n# changed\n")
     assert run(root, log, "demo")[0] == "python -m pip install -q -e ."
     calls = run(root, log, "test", TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu")
     assert calls[0] == "python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
-    assert run(root, log, "test", TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu") == ["python -m pytest tests"]
+    assert run(root, log, "test", TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu") == ["python -m pytest tests -n 2"]
     assert run(root, log, "test")[0] == "python -m pip install -q torch==2.13.0"  # another torch index: again
 
 
