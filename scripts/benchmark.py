@@ -337,9 +337,9 @@ def _time_shape(send, shape: dict, reps: int, limit_s: float, memory_bytes: int)
 
 def time_shape(shape: dict, reps: int, limit_s: float) -> dict:
     """`_time_shape` in a fresh process: the row of the sweep it gives. A path still in its first call
-    3 x `limit_s` seconds after the last message (the process gets 10 minutes to start) is stopped, and so
-    is the repetition phase after
-    2 (reps + 1) x `limit_s`; either, or the process failing (out of memory), is recorded."""
+    3 x `limit_s` seconds after the last message (the process gets 10 minutes to start) is stopped, and so is
+    the repetition phase after 2 (reps + 1) x `limit_s`; either, or the process failing (out of memory), is
+    recorded."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_time_shape, args=(send, shape, reps, limit_s, SWEEP_PROCESS_BYTES))

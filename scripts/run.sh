@@ -54,4 +54,4 @@ fi
 if [ -z "${MOE_SHARED_DATA:-}" ] && [ ! -d ../shared/data ]; then
   echo "run.sh: warning: no ../shared/data beside the clone (and MOE_SHARED_DATA unset): tests that need it skip" >&2
 fi
-exec python -m pytest tests -n 2 "$@"  # two workers (pytest-xdist): 11 min against 14.5-15 min in one
+exec python -m pytest tests -n 2 "$@"  # two workers (pytest-xdist): 11-13 min against 14.5-15 min in one
