@@ -7,22 +7,17 @@ weights straight out of the stack, so no per-layer copy of the experts is made (
 layer out first). Implementations:
 - "blocked": sort assignments by expert; `lax.scan` over the experts, each reading its weights once and
   running its rows through in blocks of `block_rows(...)` rows (empty experts and blocks are skipped with
-  `lax.cond`). Fast on CPU for inference; its backward is slow (below).
+  `lax.cond`). Its gradient is blocked the same way (a custom VJP): differentiating the scan itself made every
+  block add a whole [T, D] and [E, D, 2F] cotangent, which grew with T^2 and E^2.
 - "ragged": `jax.lax.ragged_dot` over the expert-sorted rows.
 - "megablox": the Pallas TPU grouped matmul `jax.experimental.pallas.ops.tpu.megablox.gmm` (MaxText's default
   for dropless MoE on TPU) over the same rows; `interpret=True` runs it anywhere (slowly), for tests.
 - "dense": every expert on every token, combined with a [T, E] weight matrix. The simple reference path.
-"auto" and "auto-train" (for a step that is differentiated; `moe.train.make_train_step` asks for it) pick by
-backend and, on CPU, by what the step does (`choose`):
-- CPU: "blocked" for inference, "dense" for training. Measured with
-  `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark"; 2-core CPU under load, jax 0.10.2,
-  2026-12-05) on T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
-  {(64, 64), (2048, 768)}, float32: blocked's forward took 0.10-0.74x dense's time on all 21 shapes timed;
-  its forward+backward took 2.2-24x dense's on the 12 shapes timed, and on 6 more, timed by first call only
-  (compilation included), dense took 3-17 s and blocked 18 s once, past 60 s twice and out of 8 GiB three
-  times. Blocked's backward grows faster than its work: at E=8, D=F=64, 8x the tokens (2048 -> 16384) took
-  58x the time (0.15 -> 8.4 s); dense's backward is plain batched matmuls. Where dense's intermediates do not
-  fit in memory (they grow as layers x T x E x (3F + D)), neither path is measured to train well on CPU.
+"auto" picks by backend (`choose`), for inference and training alike:
+- CPU: "blocked". Measured with `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark") on one
+  layer, T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
+  {(64, 64), (2048, 768)}, float32: blocked took 0.09-0.81x dense's time forward (21 shapes timed) and
+  0.12-1.01x forward+backward (17 shapes; 1.01x, a tie, at T=64, E=8, D=2048).
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
@@ -31,6 +26,7 @@ stand in for a mode name.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import jax
@@ -44,16 +40,13 @@ Activation = Callable[[Array, Array], Array]  # (gate, up) -> hidden
 # A mode name or a dispatcher (x, weights, index, p, act, layer) -> out
 Dispatch = str | Callable[[Array, Array, Array, ExpertParams, Activation, Array | None], Array]
 
-DISPATCH_MODES = ("auto", "auto-train", "blocked", "ragged", "megablox", "dense")
+DISPATCH_MODES = ("auto", "blocked", "ragged", "megablox", "dense")
 
 
-def choose(training: bool = False, backend: str | None = None) -> str:
-    """The dispatch "auto" (or with `training`, "auto-train") runs on `backend` (default: JAX's default
-    backend). The measurements behind it (module docstring) found no shape at which the choice flips."""
-    backend = backend or jax.default_backend()
-    if backend != "cpu":
-        return {"gpu": "dense", "tpu": "megablox"}.get(backend, "ragged")
-    return "dense" if training else "blocked"
+def choose(backend: str | None = None) -> str:
+    """The dispatch "auto" runs on `backend` (default: JAX's default backend), for inference and training
+    alike. The measurements behind it (module docstring) found no shape at which the choice flips."""
+    return {"cpu": "blocked", "gpu": "dense", "tpu": "megablox"}.get(backend or jax.default_backend(), "ragged")
 
 
 def block_rows(num_assignments: int, num_experts: int) -> int:
@@ -113,56 +106,140 @@ def _sorted_assignments(index: Array, num_experts: int) -> tuple[Array, Array, A
     return tokens[order], flat[order], position, sizes
 
 
+def _each_expert(carry, sizes: Array, fn: Callable):
+    """carry through fn(carry, e) for every expert e with rows (a scan over the experts, empty ones skipped)."""
+    def step(carry, e):
+        return jax.lax.cond(sizes[e] > 0, lambda c: fn(c, e), lambda c: c, carry), None
+    return jax.lax.scan(step, carry, jnp.arange(sizes.shape[0]))[0]
+
+
+def _block_plan(x: Array, tokens: Array, sizes: Array, block: int) -> tuple[Array, int]:
+    """Each expert's first sorted row, and the most blocks an expert can need (it takes each token at most
+    once); `tokens` holds the n sorted rows' tokens and a spare block."""
+    return jnp.cumsum(sizes) - sizes, -(-min(x.shape[0], tokens.shape[0] - block) // block)
+
+
+def _each_block(carry, size: Array, block: int, max_blocks: int, fn: Callable):
+    """carry through fn(carry, offset) for every block of `block` rows of an expert's `size` rows (offset: the
+    block's first row within the expert's); a scan over at most max_blocks blocks, those past the rows skipped."""
+    def step(carry, i):
+        return jax.lax.cond(i * block < size, lambda c: fn(c, i * block), lambda c: c, carry), None
+    return jax.lax.scan(step, carry, jnp.arange(max_blocks))[0]
+
+
+def _expert_weights(p: ExpertParams, layer: Array, e: Array) -> dict[str, Array]:
+    """Expert e's weights of the stack's `layer`, as one block's matmuls use them (gate_up [D, 2F])."""
+    w = {name: value[layer, e] for name, value in p.items()}
+    w["gate_up"] = w["gate_up"].reshape(w["gate_up"].shape[0], -1)
+    if "gate_up_bias" in w:
+        w["gate_up_bias"] = w["gate_up_bias"].reshape(-1)
+    return w
+
+
+def _blocked_rows(act: Activation, block: int, keep_pre: bool, x: Array, tokens: Array, sizes: Array,
+                  p: ExpertParams, layer: Array) -> tuple[Array, Array | None]:
+    """Each expert-sorted row's expert output [n + block, D] and, with keep_pre, its gate/up pre-activations
+    [n + block, 2F]. Each block writes its rows in place; the rows a last, partial block writes past its expert
+    are rewritten by the experts after it (or land in the spare block)."""
+    row_start, max_blocks = _block_plan(x, tokens, sizes, block)
+
+    def expert(buffers, e):
+        w = _expert_weights(p, layer, e)
+
+        def run_block(buffers, offset):
+            start = row_start[e] + offset
+            h = x[jax.lax.dynamic_slice_in_dim(tokens, start, block)] @ w["gate_up"] + w.get("gate_up_bias", 0)
+            y = _split(h, act) @ w["down"] + w.get("down_bias", 0)
+            return tuple(jax.lax.dynamic_update_slice_in_dim(buffer, v.astype(buffer.dtype), start, 0)
+                         for buffer, v in zip(buffers, (y, h)))
+
+        return _each_block(buffers, sizes[e], block, max_blocks, run_block)
+
+    two_f = p["gate_up"].shape[-1] * 2
+    buffers = (jnp.zeros((tokens.shape[0], x.shape[1]), x.dtype),)
+    buffers += (jnp.zeros((tokens.shape[0], two_f), x.dtype),) if keep_pre else ()
+    buffers = _each_expert(buffers, sizes, expert)
+    return buffers[0], buffers[1] if keep_pre else None
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _expert_rows(act: Activation, block: int, x: Array, tokens: Array, sizes: Array, p: ExpertParams,
+                 layer: Array) -> Array:
+    """Each expert-sorted row's expert output [n + block, D]; its gradient is itself blocked (`_rows_bwd`)."""
+    return _blocked_rows(act, block, False, x, tokens, sizes, p, layer)[0]
+
+
+def _rows_fwd(act, block, x, tokens, sizes, p, layer):
+    rows, pre = _blocked_rows(act, block, True, x, tokens, sizes, p, layer)
+    return rows, (x, tokens, sizes, p, layer, pre)
+
+
+def _rows_bwd(act, block, residuals, d_rows):
+    """The gradient of `_expert_rows` w.r.t. x and the experts, block by block like the forward: each block
+    reads its pre-activations and output cotangents, adds its rows' input gradients into d_x and its weight
+    gradients into its expert's (float32, written into the stack's gradient when the expert is done), masking
+    the rows past the expert. Work grows with the assignments; memory holds one gradient of the stack."""
+    x, tokens, sizes, p, layer, pre = residuals
+    row_start, max_blocks = _block_plan(x, tokens, sizes, block)
+    f32 = partial(jnp.matmul, preferred_element_type=jnp.float32)
+
+    def expert(carry, e):
+        d_x, d_stack = carry
+        w = _expert_weights(p, layer, e)
+
+        def run_block(carry, offset):
+            d_x, d_w = carry
+            start = row_start[e] + offset
+            index = jax.lax.dynamic_slice_in_dim(tokens, start, block)
+            mine = (offset + jnp.arange(block) < sizes[e])[:, None]
+            dy = jnp.where(mine, jax.lax.dynamic_slice_in_dim(d_rows, start, block), 0)
+            hidden, act_vjp = jax.vjp(lambda h: _split(h, act), jax.lax.dynamic_slice_in_dim(pre, start, block))
+            dh = act_vjp((dy @ w["down"].T).astype(hidden.dtype))[0]
+            grads = {"gate_up": f32(x[index].T, dh), "down": f32(hidden.T, dy),
+                     "gate_up_bias": dh.sum(0, dtype=jnp.float32), "down_bias": dy.sum(0, dtype=jnp.float32)}
+            d_x = d_x.at[index].add(f32(dh, w["gate_up"].T))
+            return d_x, {name: d_w[name] + grads[name] for name in d_w}
+
+        d_w = {name: jnp.zeros(w[name].shape, jnp.float32) for name in w}
+        d_x, d_w = _each_block((d_x, d_w), sizes[e], block, max_blocks, run_block)
+        return d_x, {name: value.at[layer, e].set(d_w[name].reshape(value.shape[2:]).astype(value.dtype))
+                     for name, value in d_stack.items()}
+
+    d_stack = {name: jnp.zeros_like(value) for name, value in p.items()}
+    d_x, d_stack = _each_expert((jnp.zeros(x.shape, jnp.float32), d_stack), sizes, expert)
+    return d_x.astype(x.dtype), None, None, d_stack, None
+
+
+_expert_rows.defvjp(_rows_fwd, _rows_bwd)
+
+
 def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
                 layer: Array | None = None, block: int | None = None) -> Array:
     """Per-expert matmuls over the expert-sorted rows, `block` rows at a time (default `block_rows`).
 
     A `lax.scan` over the experts reads each expert's [D, 2F] and [F, D] weights once (straight out of the
     stack when `layer` is given) and scans that expert's rows block by block, skipping empty experts and
-    blocks with `lax.cond`. Each block writes its rows in place into the sorted output; the rows a last,
-    partial block writes past its expert are rewritten by the experts after it (or land in a spare block).
+    blocks with `lax.cond`. The gradient is blocked the same way (a custom VJP), so a training step's work and
+    memory grow with the assignments, as the forward's do.
     """
     p = {name: jnp.asarray(value) for name, value in p.items()}
-    num_experts, d, _, f = p["gate_up"].shape[-4:]
+    if layer is None:  # one layer: a stack of one
+        p, layer = {name: value[None] for name, value in p.items()}, jnp.int32(0)
+    num_experts = p["gate_up"].shape[1]
     n = index.size
     block = min(block or block_rows(n, num_experts), max(8, n))
     tokens, _, position, sizes = _sorted_assignments(index, num_experts)
-    row_start = jnp.cumsum(sizes) - sizes
-    max_blocks = -(-min(index.shape[0], n) // block)  # an expert takes each token at most once
-    tokens = jnp.pad(tokens, (0, block))
-
-    def weight(name: str, e: Array) -> Array:
-        return p[name][e] if layer is None else p[name][layer, e]
-
-    def one_expert(out: Array, e: Array) -> tuple[Array, None]:
-        def run(out: Array) -> Array:
-            gate_up, down = weight("gate_up", e).reshape(d, 2 * f), weight("down", e)
-            gate_up_bias = weight("gate_up_bias", e).reshape(2 * f) if "gate_up_bias" in p else 0
-            down_bias = weight("down_bias", e) if "down_bias" in p else 0
-
-            def one_block(out: Array, i: Array) -> tuple[Array, None]:
-                def compute(out: Array) -> Array:
-                    start = row_start[e] + i * block
-                    rows = x[jax.lax.dynamic_slice_in_dim(tokens, start, block)]
-                    y = _split(rows @ gate_up + gate_up_bias, act) @ down + down_bias
-                    return jax.lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), start, 0)
-
-                return jax.lax.cond(i * block < sizes[e], compute, lambda out: out, out), None
-
-            return jax.lax.scan(one_block, out, jnp.arange(max_blocks))[0]
-
-        return jax.lax.cond(sizes[e] > 0, run, lambda out: out, out), None
-
-    out, _ = jax.lax.scan(one_expert, jnp.zeros((n + block, d), x.dtype), jnp.arange(num_experts))
-    return _combine(out, position, weights, x.dtype)
+    rows = _expert_rows(act, block, x, jnp.pad(tokens, (0, block)), sizes, p, jnp.asarray(layer, jnp.int32))
+    return _combine(rows, position, weights, x.dtype)
 
 
 def _grouped_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation, layer: Array | None,
                  grouped_matmul: Callable[[Array, Array, Array], Array], row_multiple: int = 1) -> Array:
     """The FFN over expert-sorted rows with `grouped_matmul(rows, rhs [E, K, N], sizes)` for each projection.
 
-    Rows are padded to a multiple of `row_multiple`; rows in no group (padding, or assignments to experts
-    outside this shard's range) are zeroed, whatever the kernel leaves there.
+    Rows are padded to a multiple of `row_multiple`. Rows in no group (padding, or assignments to experts
+    outside this shard's range) are zeroed before and after each kernel, whatever the kernel leaves there, so
+    no garbage (NaN) in them reaches the output or, through the activation's derivative, the gradient.
     """
     p = _layer_slice(p, layer)
     num_experts, d, _, f = p["gate_up"].shape
@@ -171,13 +248,15 @@ def _grouped_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: A
     tokens = jnp.pad(tokens, (0, pad))
     experts = jnp.minimum(jnp.pad(experts, (0, pad), constant_values=num_experts), num_experts - 1)
     in_group = (jnp.arange(tokens.size) < jnp.sum(sizes))[:, None]
-    h = grouped_matmul(x[tokens], p["gate_up"].reshape(num_experts, d, 2 * f), sizes)
-    if "gate_up_bias" in p:
-        h = h + p["gate_up_bias"].reshape(num_experts, 2 * f)[experts]
-    y = grouped_matmul(jnp.where(in_group, _split(h, act), 0).astype(x.dtype), p["down"], sizes)
-    if "down_bias" in p:
-        y = y + p["down_bias"][experts]
-    return _combine(jnp.where(in_group, y, 0), position, weights, x.dtype)
+
+    def grouped(rows: Array, rhs: Array, bias: Array | None) -> Array:
+        out = grouped_matmul(jnp.where(in_group, rows, 0).astype(x.dtype), rhs, sizes)
+        return jnp.where(in_group, out if bias is None else out + bias[experts], 0)
+
+    h = grouped(x[tokens], p["gate_up"].reshape(num_experts, d, 2 * f),
+                p["gate_up_bias"].reshape(num_experts, 2 * f) if "gate_up_bias" in p else None)
+    y = grouped(_split(h, act), p["down"], p.get("down_bias"))
+    return _combine(y, position, weights, x.dtype)
 
 
 def ragged_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Activation,
@@ -222,8 +301,8 @@ def expert_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Act
         p, layer = {k: v.astype(x.dtype) for k, v in _layer_slice(p, layer).items()}, None
     if callable(mode):
         return mode(x, weights, index, p, act, layer)
-    if mode in ("auto", "auto-train"):
-        mode = choose(training=mode == "auto-train")
+    if mode == "auto":
+        mode = choose()
     paths = {"blocked": blocked_ffn, "ragged": ragged_ffn, "megablox": megablox_ffn, "dense": dense_ffn}
     if mode not in paths:
         raise ValueError(f"unknown dispatch mode {mode!r}; choose one of {DISPATCH_MODES}")

@@ -119,24 +119,11 @@ def router_z_loss(router_logits: Array, attention_mask: Array) -> Array:
     return jnp.sum(z * real[None]) / (z.shape[0] * jnp.maximum(jnp.sum(real), 1.0))
 
 
-def training_dispatch(dispatch: Any) -> Any:
-    """The dispatch a differentiated step runs for `dispatch`: "auto" becomes "auto-train", also as expert
-    parallelism's inner mode; anything else is kept."""
-    if dispatch == "auto":
-        return "auto-train"
-    if isinstance(dispatch, ExpertParallel) and dispatch.inner == "auto":
-        return dataclasses.replace(dispatch, inner="auto-train")
-    return dispatch
-
-
 def make_train_step(model: MoeTransformer, optimizer: optax.GradientTransformation,
                     weights: LossWeights = LossWeights(), extra_loss: ExtraLoss | None = None,
                     trainable: Trainable | None = None) -> StepFn:
     """A jitted `step(state, batch) -> (state, metrics)`; `optimizer` must be the one the state was built
-    with (`masked_optimizer(..., trainable)` when training only some parameters). The state is donated.
-    A model with dispatch "auto" (or expert parallelism over "auto") trains with "auto-train", the dispatch
-    `moe.dispatch.choose` picks for a differentiated step."""
-    model = model.clone(dispatch=training_dispatch(model.dispatch))
+    with (`masked_optimizer(..., trainable)` when training only some parameters). The state is donated."""
     top_k = model.config.top_k
 
     def loss_fn(params: Any, batch: Batch) -> tuple[Array, dict[str, Array]]:

@@ -39,6 +39,14 @@ def test_organism_json_is_well_formed():
     assert isinstance(info["training"]["seed"], int)
 
 
+def test_the_shipped_settings_are_the_scripts_defaults():
+    """`scripts/train_organism.py` with its defaults trains the shipped organism's settings, dispatch included
+    (paths round differently, so it decides the weights too)."""
+    from routing.organism.train import TrainSettings
+    info = json.loads((FOLDER / "organism.json").read_text())
+    assert TrainSettings(**info["training"]) == TrainSettings()
+
+
 def test_tokenizer_matches_the_model(tokenizer):
     config = moe.load_config("organism")[1]
     raw = json.loads((FOLDER / "config.json").read_text())
