@@ -3,7 +3,7 @@
 organism.json with the data spec, the training settings and the held-out metrics).
 
 The data is `routing.organism.synthetic.default_spec(seed)`; the model and optimiser are
-`routing.organism.train.TrainSettings` (seed and steps from the flags). Training is deterministic and resumable:
+`routing.organism.train.TrainSettings` (seed, steps and the training step's dispatch from the flags). Training is deterministic and resumable:
 rerun the same command after an interruption and it continues from the last checkpoint in the work folder.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import moe
+from moe.dispatch import DISPATCH_MODES
 from routing.organism.release import train_organism
 from routing.organism.synthetic import default_spec
 from routing.organism.train import TrainSettings
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"organism folder to write (default: the package's {PACKAGE_FOLDER})")
     parser.add_argument("--steps", type=_natural, default=TrainSettings.steps,
                         help=f"training steps (default: {TrainSettings.steps})")
+    parser.add_argument("--dispatch", choices=DISPATCH_MODES, default=TrainSettings.dispatch,
+                        help=f"the training step's expert dispatch (default: {TrainSettings.dispatch}, as the shipped "
+                             "organism was trained; paths round differently, so the weights depend on it)")
     parser.add_argument("--work", type=Path, default=None,
                         help="checkpoint folder to resume from (default: one per run under the cache folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing organism folder")
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with user_errors(parser):
         spec = default_spec(args.seed)
-        settings = TrainSettings(seed=args.seed, steps=args.steps,
+        settings = TrainSettings(seed=args.seed, steps=args.steps, dispatch=args.dispatch,
                                  warmup_steps=min(TrainSettings.warmup_steps, max(args.steps - 1, 0)))
         record = train_organism(spec, settings, args.out, work=args.work,
                                 overwrite=args.overwrite, progress=not args.quiet)

@@ -89,7 +89,8 @@ def test_generation_matches_single_device(reference):
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 8, 1)])
 def test_each_inner_dispatch(mode, mesh_shape):
     """Expert-parallel dispatch over a layer stack, with each kernel on each device (megablox interpreted),
-    equals the single-device dispatch; with 8 experts over 8 devices, some devices' experts are empty."""
+    equals the single-device dispatch, and so does its gradient (w.r.t. the tokens, the routing weights and
+    the stack); with 8 experts over 8 devices, some devices' experts are empty."""
     rng = np.random.RandomState(1)
     t, d, f, e, k, layers = 32, 16, 8, 8, 3, 2
     x = jnp.asarray(rng.randn(t, d), jnp.float32)
@@ -103,10 +104,15 @@ def test_each_inner_dispatch(mode, mesh_shape):
     act = clamped_swiglu(7.0, 1.702)
     inner = partial(megablox_ffn, interpret=True) if mode == "megablox" else mode
     layer = jnp.int32(1)
-    want = jax.jit(expert_ffn, static_argnums=(4, 5))(x, weights, index, p, act, "dense", layer)
-    got = jax.jit(expert_parallel_ffn, static_argnums=(4, 5, 6))(x, weights, index, p, act, make_mesh(*mesh_shape),
-                                                                 inner, layer)
-    assert _max_diff(got, want) < TOL
+    mesh = make_mesh(*mesh_shape)
+    cotangent = jnp.asarray(rng.randn(t, d), jnp.float32)
+    runs = {"single": lambda x, w, p: expert_ffn(x, w, index, p, act, "dense", layer),
+            "parallel": lambda x, w, p: expert_parallel_ffn(x, w, index, p, act, mesh, inner, layer)}
+    want, got = (jax.jit(lambda x, w, p, f=f: (f(x, w, p), jax.grad(lambda *a: jnp.sum(f(*a) * cotangent),
+                                                                      (0, 1, 2))(x, w, p)))(x, weights, p)
+                 for f in runs.values())
+    assert _max_diff(got[0], want[0]) < TOL
+    assert _max_diff(got[1], want[1]) < TOL * max(1.0, _max_diff(want[1], jax.tree.map(jnp.zeros_like, want[1])))
 
 
 def _assert_placed(params, config, mesh):

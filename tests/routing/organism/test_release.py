@@ -62,6 +62,7 @@ def refusal(argv, capsys) -> str:
     (["--steps", "ten"], "not an integer: 'ten'"),
     (["--seed", "-1"], "must be >= 0, got -1"),
     (["--colour", "red"], "unrecognized arguments"),
+    (["--dispatch", "fast"], "invalid choice: 'fast'"),
 ])
 def test_script_refuses_bad_flags(argv, message, capsys, tmp_path):
     assert message in refusal([*argv, "--out", str(tmp_path / "o")], capsys)

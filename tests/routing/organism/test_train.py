@@ -94,6 +94,22 @@ def test_resumed_training_equals_an_uninterrupted_run(data, tmp_path, monkeypatc
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("dispatch", ["dense", "blocked"])
+def test_the_training_step_runs_the_settings_dispatch(data, monkeypatch, dispatch):
+    """`TrainSettings.dispatch` is the dispatch the step is built with (the returned model evaluates with "auto")."""
+    corpus, tok = data
+    seen = []
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.dispatch)
+        raise InterruptedError
+
+    monkeypatch.setattr(organism_train, "make_train_step", spy)
+    with pytest.raises(InterruptedError):
+        train(corpus, tok, TrainSettings(**{**TINY.__dict__, "dispatch": dispatch}), progress=False)
+    assert seen == [dispatch]
+
+
 def test_task_accuracy_is_the_greedy_next_token(data):
     corpus, tok = data
     model = organism_train.new_model(TINY.model_config(tok.vocab_size))
