@@ -177,14 +177,14 @@ def _rows_fwd(act, block, x, tokens, sizes, p, layer):
 def _rows_bwd(act, block, residuals, d_rows):
     """The gradient of `_expert_rows` w.r.t. x and the experts, block by block like the forward: each block
     reads its pre-activations and output cotangents, adds its rows' input gradients into d_x and its weight
-    gradients into its expert's (float32, written into the stack's gradient when the expert is done), masking
-    the rows past the expert. Work grows with the assignments; memory holds one gradient of the stack."""
+    gradients into its expert's (float32, written into the layer's gradient when the expert is done), masking
+    the rows past the expert. Work grows with the assignments."""
     x, tokens, sizes, p, layer, pre = residuals
     row_start, max_blocks = _block_plan(x, tokens, sizes, block)
     f32 = partial(jnp.matmul, preferred_element_type=jnp.float32)
 
     def expert(carry, e):
-        d_x, d_stack = carry
+        d_x, d_layer = carry
         w = _expert_weights(p, layer, e)
 
         def run_block(carry, offset):
@@ -202,11 +202,14 @@ def _rows_bwd(act, block, residuals, d_rows):
 
         d_w = {name: jnp.zeros(w[name].shape, jnp.float32) for name in w}
         d_x, d_w = _each_block((d_x, d_w), sizes[e], block, max_blocks, run_block)
-        return d_x, {name: value.at[layer, e].set(d_w[name].reshape(value.shape[2:]).astype(value.dtype))
-                     for name, value in d_stack.items()}
+        return d_x, {name: value.at[e].set(d_w[name].reshape(value.shape[1:]).astype(value.dtype))
+                     for name, value in d_layer.items()}
 
-    d_stack = {name: jnp.zeros_like(value) for name, value in p.items()}
-    d_x, d_stack = _each_expert((jnp.zeros(x.shape, jnp.float32), d_stack), sizes, expert)
+    d_layer = {name: jnp.zeros(value.shape[1:], value.dtype) for name, value in p.items()}
+    d_x, d_layer = _each_expert((jnp.zeros(x.shape, jnp.float32), d_layer), sizes, expert)
+    # One update of a zero stack, outside the loops, as JAX transposes an indexing: XLA folds it into the
+    # caller's running sum (a layer scan's gradient of the stack) instead of adding a whole stack per layer.
+    d_stack = {name: jnp.zeros_like(value).at[layer].set(d_layer[name]) for name, value in p.items()}
     return d_x.astype(x.dtype), None, None, d_stack, None
 
 

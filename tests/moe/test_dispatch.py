@@ -122,17 +122,23 @@ def test_block_rows_rule():
     assert block_rows(10**6, 8) == 64
 
 
+def _shapes(jaxpr, loops_only: bool = False):
+    """The shapes of every op's outputs in a jaxpr and the jaxprs nested in it (with loops_only, only inside
+    scan, while and cond bodies)."""
+    for eqn in jaxpr.eqns:
+        if not loops_only:
+            yield from (v.aval.shape for v in eqn.outvars)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            inside = eqn.primitive.name in ("scan", "while", "cond")
+            yield from _shapes(sub, loops_only and not inside)
+
+
 def test_blocked_reads_the_stack_in_place():
     """With a layer index, no op of the blocked path produces a whole layer's experts (no per-layer copy)."""
     x, w, idx, p = _case(16, 8, 4, 4, 2, False, np.random.RandomState(4))
     stack = jax.tree.map(lambda a: jnp.stack([a, a, a]), _fused(p))
     layer_shapes = {v.shape[1:] for v in stack.values()}
-
-    def shapes(jaxpr):
-        for eqn in jaxpr.eqns:
-            yield from (v.aval.shape for v in eqn.outvars)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                yield from shapes(sub)
+    shapes = _shapes
 
     jaxpr = jax.make_jaxpr(lambda s, l: blocked_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                                                     jnp.asarray(idx), s, swiglu, layer=l))(stack, jnp.int32(1))
@@ -140,6 +146,21 @@ def test_blocked_reads_the_stack_in_place():
     sliced = jax.make_jaxpr(lambda s, l: expert_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                                                     jnp.asarray(idx), s, swiglu, "dense", l))(stack, jnp.int32(1))
     assert layer_shapes & set(shapes(sliced.jaxpr))  # the check does see a per-layer slice where there is one
+
+
+def test_blocked_gradient_touches_the_stack_once():
+    """The blocked gradient builds a layer's expert gradients in its loops and writes them into a stack-shaped
+    gradient once, outside them, as JAX transposes an indexing (XLA then folds it into a layer scan's running
+    sum). A stack-shaped value inside the loops would cost a whole stack per layer: training time per layer
+    grew with depth that way (2.7x from 2 to 16 layers, measured)."""
+    x, w, idx, p = _case(16, 8, 4, 4, 2, False, np.random.RandomState(4))
+    stack = jax.tree.map(lambda a: jnp.stack([a, a, a]), _fused(p))
+    loss = lambda s: jnp.sum(blocked_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                                         jnp.asarray(idx), s, swiglu, layer=jnp.int32(1)))
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(stack).jaxpr
+    stack_shapes = {v.shape for v in stack.values()}
+    assert stack_shapes <= set(_shapes(jaxpr))  # the gradient is there
+    assert not stack_shapes & set(_shapes(jaxpr, loops_only=True))
 
 
 def test_unknown_mode():
