@@ -223,7 +223,8 @@ def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Ac
     A `lax.scan` over the experts reads each expert's [D, 2F] and [F, D] weights once (straight out of the
     stack when `layer` is given) and scans that expert's rows block by block, skipping empty experts and
     blocks with `lax.cond`. The gradient is blocked the same way (a custom VJP), so a training step's work and
-    memory grow with the assignments, as the forward's do.
+    memory grow with the assignments, as the forward's do; forward-mode differentiation (`jax.jvp`) is not
+    defined through it. Assignments to experts outside [0, E) contribute nothing.
     """
     p = {name: jnp.asarray(value) for name, value in p.items()}
     if layer is None:  # one layer: a stack of one
@@ -233,6 +234,8 @@ def blocked_ffn(x: Array, weights: Array, index: Array, p: ExpertParams, act: Ac
     block = min(block or block_rows(n, num_experts), max(8, n))
     tokens, _, position, sizes = _sorted_assignments(index, num_experts)
     rows = _expert_rows(act, block, x, jnp.pad(tokens, (0, block)), sizes, p, jnp.asarray(layer, jnp.int32))
+    # Rows past the last expert's (assignments to experts outside [0, E)) may hold a partial block's spill.
+    rows = jnp.where((jnp.arange(rows.shape[0]) < jnp.sum(sizes))[:, None], rows, 0)
     return _combine(rows, position, weights, x.dtype)
 
 

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import moe
-from moe.dispatch import DISPATCH_MODES
 from routing.organism.release import train_organism
 from routing.organism.synthetic import default_spec
-from routing.organism.train import TrainSettings
+from routing.organism.train import TRAINING_DISPATCH, TrainSettings
 from routing.pipelines.cli import new_parser, user_errors
 
 PACKAGE_FOLDER = Path(moe.__file__).parent / "organism"
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"organism folder to write (default: the package's {PACKAGE_FOLDER})")
     parser.add_argument("--steps", type=_natural, default=TrainSettings.steps,
                         help=f"training steps (default: {TrainSettings.steps})")
-    parser.add_argument("--dispatch", choices=DISPATCH_MODES, default=TrainSettings.dispatch,
+    parser.add_argument("--dispatch", choices=TRAINING_DISPATCH, default=TrainSettings.dispatch,
                         help=f"the training step's expert dispatch (default: {TrainSettings.dispatch}, as the shipped "
                              "organism was trained; paths round differently, so the weights depend on it)")
     parser.add_argument("--work", type=Path, default=None,

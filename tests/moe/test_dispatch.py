@@ -33,6 +33,8 @@ def _numpy_reference(x, w, idx, p, bias):
     for t in range(x.shape[0]):
         for j in range(idx.shape[1]):
             e = idx[t, j]
+            if e >= len(p["down"]):  # outside [0, E): expert parallelism's "another shard's expert"
+                continue
             g, u = x[t] @ p["gate"][e], x[t] @ p["up"][e]
             if bias:
                 g, u = g + p["gate_bias"][e], u + p["up_bias"][e]
@@ -101,6 +103,15 @@ def test_all_tokens_on_one_expert(mode):
     index = np.zeros((300, 1), np.int32)
     index[7] = 3
     x, w, idx, p = _case(300, 8, 8, 4, 1, False, rng, index=index)
+    _assert_close(_run(PATHS[mode], x, w, idx, _fused(p), False), _numpy_reference(x, w, idx, p, False))
+
+
+@pytest.mark.parametrize("mode", PATHS)
+def test_experts_outside_the_range_contribute_nothing(mode):
+    """Assignments to expert E add nothing, even with a nonzero weight."""
+    x, w, idx, p = _case(37, 16, 12, 6, 3, False, np.random.RandomState(8))
+    idx = idx.copy()
+    idx[::3, 0] = 6
     _assert_close(_run(PATHS[mode], x, w, idx, _fused(p), False), _numpy_reference(x, w, idx, p, False))
 
 
@@ -216,26 +227,28 @@ def _gradients(path, x, w, idx, p, cotangent, bias, layer, dtype):
 
 
 @pytest.mark.parametrize("mode", PATHS)
-@pytest.mark.parametrize("case", ["spread", "one expert"])
+@pytest.mark.parametrize("case", ["spread", "one expert", "few tokens"])
 def test_gradients_match_the_float64_dense_gradient(mode, case):
-    """Every path's gradient w.r.t. x, the routing weights and a layer of a stack (biases included) equals the
-    dense formula's, differentiated in float64, to 1e-5: with an empty expert and partial blocks ("spread"),
-    and with all assignments on one expert but one (many full blocks, several empty experts)."""
+    """Every path's gradient w.r.t. x, the routing weights and the experts (biases included) equals the dense
+    formula's, differentiated in float64, to 1e-5: layer 1 of a stack with an empty expert and partial blocks
+    ("spread"), and with all assignments but one on one expert (many full blocks, several empty experts); one
+    layer's experts with fewer tokens than a block ("few tokens")."""
     rng = np.random.RandomState(7)
+    shape = {"spread": (37, 6, 3), "one expert": (150, 4, 1), "few tokens": (5, 6, 3)}[case]
     index = None
     if case == "one expert":
         index = np.zeros((150, 1), np.int32)
         index[5] = 2
-    x, w, idx, p0 = _case(37 if index is None else 150, 16, 12, 6 if index is None else 4,
-                          3 if index is None else 1, True, rng, index=index)
-    _, _, _, p1 = _case(x.shape[0], 16, 12, len(p0["down"]), idx.shape[1], True, rng, index=idx)
+    x, w, idx, p0 = _case(shape[0], 16, 12, shape[1], shape[2], True, rng, index=index)
+    _, _, _, p1 = _case(shape[0], 16, 12, shape[1], shape[2], True, rng, index=idx)
     stack = jax.tree.map(lambda a, b: np.stack([a, b]), _fused(p0), _fused(p1))
+    experts, layer = (_fused(p0), None) if case == "few tokens" else (stack, jnp.int32(1))
     cotangent = rng.randn(*x.shape)
     with jax.enable_x64(True):
-        want = _gradients(partial(expert_ffn, mode="dense"), x, w, idx, stack, cotangent, True, jnp.int32(1),
-                          jnp.float64)
-    got = _gradients(PATHS[mode], x, w, idx, stack, cotangent, True, jnp.int32(1), jnp.float32)
-    for name, g, ref in zip(("x", "weights", "experts"), got, want):
+        want = _gradients(partial(expert_ffn, mode="dense"), x, w, idx, experts, cotangent, True, layer, jnp.float64)
+    got = _gradients(PATHS[mode], x, w, idx, experts, cotangent, True, layer, jnp.float32)
+    for g, ref in zip(got, want):
         for leaf, ref_leaf in zip(jax.tree.leaves(g), jax.tree.leaves(ref)):
             _assert_close(leaf, ref_leaf)
-    assert not any(np.any(a[0]) for a in jax.tree.leaves(got[2]))  # layer 0 of the stack gets no gradient
+    if layer is not None:
+        assert not any(np.any(a[0]) for a in jax.tree.leaves(got[2]))  # layer 0 of the stack gets no gradient
