@@ -209,7 +209,9 @@ def _rows_bwd(act, block, residuals, d_rows):
     d_x, d_layer = _each_expert((jnp.zeros(x.shape, jnp.float32), d_layer), sizes, expert)
     # One update of a zero stack, outside the loops, as JAX transposes an indexing: XLA folds it into the
     # caller's running sum (a layer scan's gradient of the stack) instead of adding a whole stack per layer.
-    d_stack = {name: jnp.zeros_like(value).at[layer].set(d_layer[name]) for name, value in p.items()}
+    # A stack of one layer (`blocked_ffn` without `layer`) is the layer's gradient itself: no second copy.
+    d_stack = {name: d_layer[name][None] if value.shape[0] == 1 else
+               jnp.zeros_like(value).at[layer].set(d_layer[name]) for name, value in p.items()}
     return d_x.astype(x.dtype), None, None, d_stack, None
 
 
