@@ -16,8 +16,9 @@ layer out first). Implementations:
 "auto" picks by backend (`choose`), for inference and training alike:
 - CPU: "blocked". Measured with `scripts/benchmark.py --dispatch-sweep --reps 5` (README, "Benchmark") on one
   layer, T in {64, 512, 2048, 16384} tokens, (E, k) in {(8, 2), (64, 8), (128, 8)} and (D, F) in
-  {(64, 64), (2048, 768)}, float32: blocked took 0.09-0.81x dense's time forward (21 shapes timed) and
-  0.12-1.01x forward+backward (17 shapes; 1.01x, a tie, at T=64, E=8, D=2048).
+  {(64, 64), (2048, 768)}, float32 (idle 2-core CPU, jax 0.10.2, 2026-12-06): blocked took 0.10-0.76x dense's
+  time forward (21 shapes timed) and 0.12-1.03x forward+backward (17 shapes; 1.03x, a tie, at T=64, E=8,
+  D=2048).
 - GPU: "dense". On an H100 with jax 0.11, dense ran 3.9x faster than ragged_dot at 1k tokens and 5x faster
   at 16k tokens. Dense does E/k times the expert FLOPs, so a grouped-GEMM kernel should replace it at scale;
 - TPU: "megablox" (not measured in this project: no TPU; exactness is tested in interpret mode on CPU).
