@@ -17,7 +17,6 @@ asks `batch_at(step)` for the batch of each step, so data order depends on the s
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable, Mapping
 
@@ -28,7 +27,6 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from moe.expert_parallel import ExpertParallel
 from moe.model import MoeOutput, MoeTransformer
 
 Array = jax.Array

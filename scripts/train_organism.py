@@ -3,8 +3,9 @@
 organism.json with the data spec, the training settings and the held-out metrics).
 
 The data is `routing.organism.synthetic.default_spec(seed)`; the model and optimiser are
-`routing.organism.train.TrainSettings` (seed, steps and the training step's dispatch from the flags). Training is deterministic and resumable:
-rerun the same command after an interruption and it continues from the last checkpoint in the work folder.
+`routing.organism.train.TrainSettings` (seed, steps and the training step's dispatch from the flags). Training
+is deterministic and resumable: rerun the same command after an interruption and it continues from the last
+checkpoint in the work folder.
 """
 from __future__ import annotations
 

@@ -149,14 +149,12 @@ def test_blocked_reads_the_stack_in_place():
     x, w, idx, p = _case(16, 8, 4, 4, 2, False, np.random.RandomState(4))
     stack = jax.tree.map(lambda a: jnp.stack([a, a, a]), _fused(p))
     layer_shapes = {v.shape[1:] for v in stack.values()}
-    shapes = _shapes
-
     jaxpr = jax.make_jaxpr(lambda s, l: blocked_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                                                     jnp.asarray(idx), s, swiglu, layer=l))(stack, jnp.int32(1))
-    assert not layer_shapes & set(shapes(jaxpr.jaxpr))
+    assert not layer_shapes & set(_shapes(jaxpr.jaxpr))
     sliced = jax.make_jaxpr(lambda s, l: expert_ffn(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
                                                     jnp.asarray(idx), s, swiglu, "dense", l))(stack, jnp.int32(1))
-    assert layer_shapes & set(shapes(sliced.jaxpr))  # the check does see a per-layer slice where there is one
+    assert layer_shapes & set(_shapes(sliced.jaxpr))  # the check does see a per-layer slice where there is one
 
 
 def test_blocked_gradient_touches_the_stack_once():
