@@ -208,7 +208,7 @@ def test_auto_runs_the_chosen_path():
 
 
 def test_choose_by_backend():
-    """Blocked on CPU, for inference and training: the faster path on every shape that
+    """Blocked on CPU, for inference and training: faster than dense, or tied, on every shape that
     `scripts/benchmark.py --dispatch-sweep` measured (README, "Benchmark"); by backend elsewhere."""
     assert [choose(b) for b in ("cpu", "gpu", "tpu", "other")] == ["blocked", "dense", "megablox", "ragged"]
 
